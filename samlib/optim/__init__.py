@@ -1,0 +1,20 @@
+"""samlib.optim: the preconditioned-SAM (preSAM) optimizer family.
+
+Every optimizer is a short subclass of :class:`PreconditionedSAM`, which computes
+``eps = rho * d / ||n||`` from two hooks: a gradient estimate and a diagonal preconditioner.
+"""
+from .asam import ASAM
+from .base import PreconditionedSAM
+from .bn import frozen_bn_stats
+from .fisher import FisherSAM
+from .friendly import FriendlySAM
+from .infosam import InfoSAM
+from .sam import SAM
+from .ssam import SSAM
+from .vasso import VaSSO
+
+#: The variants by name, in course order (used by the experiment runner and the benchmark).
+OPTIMIZERS = {cls.__name__: cls for cls in (SAM, ASAM, FisherSAM, SSAM, VaSSO, FriendlySAM, InfoSAM)}
+
+__all__ = ["PreconditionedSAM", "SAM", "ASAM", "FisherSAM", "SSAM", "VaSSO", "FriendlySAM", "InfoSAM",
+           "frozen_bn_stats", "OPTIMIZERS"]
