@@ -1,0 +1,358 @@
+"""Experiment grids: methods x hyperparameters x label-noise rates x seeds, resumable.
+
+Python API::
+
+    grid = Grid(name="demo", data=DataSpec(n_train=2000, noise_rates=...), ...)
+    summary = run_grid(grid, "runs/demo")
+
+Command line::
+
+    python -m samlib.experiments demo                      # the README's small SGD/SAM/InfoSAM comparison
+    python -m samlib.experiments run grid.json --out DIR   # a grid described in JSON (see Grid)
+    python -m samlib.experiments grid --methods SGD SAM:rho=0.05,0.1 InfoSAM:rho=0.1 --noise 0 0.4 --seeds 0 1 2
+    python -m samlib.experiments summarize DIR
+
+Each run writes ``DIR/records/<run id>.json`` atomically; a run whose record exists is skipped, so
+an interrupted grid resumes where it stopped and loses no finished run. ``DIR/summary.md`` and
+``DIR/summary.json`` hold mean +- std over seeds.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import math
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import data as D
+from .modes import pick
+from .optim import OPTIMIZERS
+from .train import METHODS, TrainConfig, train, write_json_atomic
+
+__all__ = ["DataSpec", "Grid", "prepare_data", "run_grid", "summarize", "load_records", "run_id", "main"]
+
+
+@dataclass
+class DataSpec:
+    """Which data a grid trains on. The split and the label noise depend on ``data_seed`` only,
+    so every method and every training seed sees the same noisy dataset."""
+
+    dataset: str = "fashion"          # "fashion" | "fashion_scenes" | "cifar10" | "cifar100"
+    n_train: int | None = 4000        # examples drawn from the training split (None: all)
+    n_test: int | None = None         # test examples (None: all; scenes: 1000)
+    val_fraction: float = 0.1         # carved out of the training examples, for choosing rho
+    noise_kind: str = "symmetric"     # label noise ("symmetric" | "pairflip"); scenes: object-level mask noise
+    subset: bool | None = True        # Fashion-MNIST: True = the bundled subset (offline, reproducible)
+    root: str | None = None           # where full datasets live
+    data_seed: int = 0
+
+    def validate(self):
+        if self.dataset not in ("fashion", "fashion_scenes", "cifar10", "cifar100"):
+            raise ValueError(f"Unknown dataset {self.dataset!r}. Choose fashion, fashion_scenes, cifar10 or cifar100.")
+        return self
+
+
+def _take(n_total: int, n: int | None, seed: int) -> torch.Tensor:
+    perm = torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))
+    return perm if n is None else perm[:n]
+
+
+def prepare_data(spec: DataSpec, noise_rate: float = 0.0) -> dict:
+    """Train (noisy, with clean labels kept), validation (noisy like train) and clean test data."""
+    spec.validate()
+    if not 0.0 <= noise_rate < 1.0:
+        raise ValueError(f"Invalid noise rate: {noise_rate!r}. It must lie in [0, 1).")
+    if spec.dataset == "fashion_scenes":
+        n_train, n_test = spec.n_train or 2000, spec.n_test or 1000
+        garments_tr = D.load_fashion_mnist("train", root=spec.root, subset=spec.subset)
+        garments_te = D.load_fashion_mnist("test", root=spec.root, subset=spec.subset)
+        x, y, clean = D.fashion_scenes(n_train, spec.data_seed, source=garments_tr, mask_noise=noise_rate,
+                                       return_clean=True)
+        xt, yt = D.fashion_scenes(n_test, spec.data_seed + 1, source=garments_te)
+        task, num_classes = "segmentation", 11
+    else:
+        if spec.dataset == "fashion":
+            x, clean = D.load_fashion_mnist("train", root=spec.root, subset=spec.subset)
+            xt, yt = D.load_fashion_mnist("test", root=spec.root, subset=spec.subset)
+            num_classes = 10
+        else:
+            x, clean = D.load_cifar(spec.dataset, "train", root=spec.root)
+            xt, yt = D.load_cifar(spec.dataset, "test", root=spec.root)
+            num_classes = D.CIFAR[spec.dataset]["classes"]
+        idx = _take(len(x), spec.n_train, spec.data_seed)
+        x, clean = x[idx], clean[idx]
+        tidx = _take(len(xt), spec.n_test, spec.data_seed + 1)
+        xt, yt = xt[tidx], yt[tidx]
+        y = clean
+        if noise_rate > 0:
+            y, _ = D.add_label_noise(clean, noise_rate, num_classes, seed=spec.data_seed, kind=spec.noise_kind)
+        task = "classification"
+    tr, va = D.split_validation(len(x), spec.val_fraction, spec.data_seed)
+    return {"train": (x[tr], y[tr], clean[tr]), "val": (x[va], y[va]), "test": (xt, yt),
+            "num_classes": num_classes, "in_channels": x.shape[1], "task": task}
+
+
+@dataclass
+class Grid:
+    """A grid: every method with every combination of its hyperparameter values, at every noise
+    rate, for every seed. ``methods`` maps a method name to ``{hyperparameter: [values]}``."""
+
+    name: str = "grid"
+    data: DataSpec = field(default_factory=DataSpec)
+    train: dict = field(default_factory=dict)           # TrainConfig fields shared by all runs
+    methods: dict = field(default_factory=lambda: {"SGD": {}, "SAM": {"rho": [0.05]}})
+    noise_rates: list = field(default_factory=lambda: [0.0])
+    seeds: list = field(default_factory=lambda: [0, 1, 2])
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Grid":
+        d = dict(d)
+        d["data"] = DataSpec(**d.get("data", {}))
+        return cls(**d)
+
+    def validate(self):
+        for method, hp in self.methods.items():
+            if method not in METHODS:
+                raise ValueError(f"Unknown method {method!r}. Choose from: {', '.join(METHODS)}.")
+            if not isinstance(hp, dict):
+                raise ValueError(f"methods[{method!r}] must map hyperparameter names to lists of values.")
+        for rate in self.noise_rates:
+            if not 0.0 <= rate < 1.0:
+                raise ValueError(f"Invalid noise rate: {rate!r}. Noise rates must lie in [0, 1).")
+        if not self.seeds:
+            raise ValueError("seeds must list at least one seed.")
+        self.data.validate()
+        return self
+
+    def runs(self):
+        """Yield ``(noise_rate, TrainConfig)`` for every run, in a fixed order."""
+        for rate in self.noise_rates:
+            for method, hp in self.methods.items():
+                names = sorted(hp)
+                for values in itertools.product(*(hp[k] if isinstance(hp[k], list) else [hp[k]] for k in names)):
+                    for seed in self.seeds:
+                        yield rate, TrainConfig(method=method, hparams=dict(zip(names, values)), seed=seed,
+                                                **self.train).validate()
+
+
+def _fmt(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def run_id(rate: float, config: TrainConfig) -> str:
+    hp = "-".join(f"{k}{_fmt(v)}" for k, v in sorted(config.hparams.items()))
+    return f"noise{_fmt(rate)}_{config.method}{'-' + hp if hp else ''}_seed{config.seed}"
+
+
+def run_grid(grid: Grid, out_dir: str | Path, progress: bool = True, log=print) -> dict:
+    """Run every missing run of ``grid`` under ``out_dir`` and return the summary."""
+    grid.validate()
+    out = Path(out_dir)
+    (out / "records").mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "grid.json", dataclasses.asdict(grid))
+    data_cache: dict = {}
+    runs = list(grid.runs())
+    for i, (rate, config) in enumerate(runs, 1):
+        rid = run_id(rate, config)
+        path = out / "records" / f"{rid}.json"
+        if path.exists():
+            log(f"[{i}/{len(runs)}] {rid}: record exists, skipped")
+            continue
+        if rate not in data_cache:
+            data_cache[rate] = prepare_data(grid.data, rate)
+        d = data_cache[rate]
+        config.task = d["task"]
+        record = train(config, d["train"], d["test"], d["val"], num_classes=d["num_classes"],
+                       in_channels=d["in_channels"], record_path=path, progress=progress,
+                       extra_record={"run_id": rid, "noise_rate": rate, "data": dataclasses.asdict(grid.data)})
+        final = record["final"]
+        log(f"[{i}/{len(runs)}] {rid}: " + ", ".join(f"{k} {final[k]:.4f}" for k in _metric_keys(final)))
+    return summarize(out)
+
+
+def _metric_keys(row: dict) -> list[str]:
+    return [k for k in ("val_acc", "test_acc", "val_miou", "test_miou", "test_pixel_acc", "train_clean_acc",
+                        "memorized") if k in row]
+
+
+def load_records(out_dir: str | Path) -> list[dict]:
+    """Every run record under ``out_dir/records``, sorted by run id."""
+    paths = sorted(Path(out_dir).glob("records/*.json"))
+    return [json.loads(p.read_text()) for p in paths]
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; 0 for a single value)."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(out_dir: str | Path, records: list[dict] | None = None) -> dict:
+    """Group records by (noise, method, hyperparameters); mean +- std over seeds of the final metrics.
+
+    Also picks, per noise rate and method, the hyperparameters with the best mean *validation*
+    score (never the test score) and reports that setting's test score.
+    """
+    records = load_records(out_dir) if records is None else records
+    groups: dict = {}
+    for r in records:
+        c = r["config"]
+        key = (r["noise_rate"], c["method"], json.dumps(c["hparams"], sort_keys=True))
+        groups.setdefault(key, []).append(r)
+    rows = []
+    for (rate, method, hp), recs in sorted(groups.items(), key=lambda kv: (kv[0][0], _method_order(kv[0][1]), kv[0][2])):
+        row = {"noise_rate": rate, "method": method, "hparams": json.loads(hp),
+               "seeds": sorted(r["config"]["seed"] for r in recs)}
+        for k in _metric_keys(recs[0]["final"]) + ["epoch_time"]:
+            row[k] = mean_std([r["final"][k] if k != "epoch_time" else
+                               statistics.fmean(h["epoch_time"] for h in r["history"]) for r in recs])
+        rows.append(row)
+    val_key = "val_miou" if rows and "val_miou" in rows[0] else "val_acc"
+    selected = {}
+    for row in rows:
+        if val_key not in row:
+            continue
+        k = f"{_fmt(row['noise_rate'])}/{row['method']}"
+        if k not in selected or row[val_key][0] > selected[k][val_key][0]:
+            selected[k] = row
+    summary = {"rows": rows, "selected": list(selected.values()), "selection_metric": val_key}
+    out = Path(out_dir)
+    if out.is_dir():
+        write_json_atomic(out / "summary.json", summary)
+        (out / "summary.md").write_text(format_summary(summary))
+    return summary
+
+
+def _method_order(method: str) -> int:
+    return METHODS.index(method) if method in METHODS else len(METHODS)
+
+
+def format_summary(summary: dict) -> str:
+    """Markdown tables: every setting, then the validation-selected setting per method."""
+    def table(rows, title):
+        if not rows:
+            return ""
+        keys = [k for k in _metric_keys({k: 0 for k in rows[0]}) if k in rows[0]]
+        head = "| noise | method | hyperparameters | seeds | " + " | ".join(keys) + " | s/epoch |"
+        lines = [f"### {title}", "", head, "|" + "---|" * (5 + len(keys))]
+        for r in rows:
+            hp = ", ".join(f"{k}={_fmt(v)}" for k, v in r["hparams"].items()) or "-"
+            cells = " | ".join(f"{100 * r[k][0]:.2f} ± {100 * r[k][1]:.2f}" for k in keys)
+            lines.append(f"| {_fmt(r['noise_rate'])} | {r['method']} | {hp} | {len(r['seeds'])} | {cells} | "
+                         f"{r['epoch_time'][0]:.2f} |")
+        return "\n".join(lines) + "\n"
+    return (table(summary["selected"], f"Selected by mean {summary['selection_metric']} (metrics in %, mean ± std over seeds)")
+            + "\n" + table(summary["rows"], "All settings"))
+
+
+# ---- command line ---------------------------------------------------------------------------
+
+def demo_grid() -> Grid:
+    """The README's main job: SGD vs SAM vs InfoSAM on bundled Fashion-MNIST with 40% label noise."""
+    return Grid(
+        name="demo",
+        data=DataSpec(dataset="fashion", n_train=pick(400, 2000), n_test=pick(500, 2000), subset=True),
+        train=dict(model="small_cnn", epochs=pick(2, 15), batch_size=128, lr=0.05, weight_decay=5e-4),
+        methods={"SGD": {}, "SAM": {"rho": [0.1]}, "InfoSAM": {"rho": [0.1]}},
+        noise_rates=[0.4],
+        seeds=pick([0], [0, 1]),
+    )
+
+
+def _parse_method(text: str) -> tuple[str, dict]:
+    """``SAM:rho=0.05,0.1;theta=0.9`` -> ("SAM", {"rho": [0.05, 0.1], "theta": [0.9]})."""
+    name, _, rest = text.partition(":")
+    hp = {}
+    for part in filter(None, rest.split(";")):
+        key, _, values = part.partition("=")
+        hp[key] = [json.loads(v) for v in values.split(",")]
+    return name, hp
+
+
+def plot_summary(out_dir: str | Path, metric: str = "test_acc"):
+    """Test-metric curves (mean over seeds) per method and noise rate; saves ``DIR/curves.png``."""
+    import matplotlib
+    matplotlib.use("Agg") if "matplotlib.pyplot" not in sys.modules else None
+    import matplotlib.pyplot as plt
+    records = load_records(out_dir)
+    rates = sorted({r["noise_rate"] for r in records})
+    fig, axes = plt.subplots(1, len(rates), figsize=(5 * len(rates), 3.6), squeeze=False)
+    for ax, rate in zip(axes[0], rates):
+        curves: dict = {}
+        for r in records:
+            if r["noise_rate"] == rate and metric in r["final"]:
+                label = r["config"]["method"] + "".join(f" {k}={_fmt(v)}" for k, v in r["config"]["hparams"].items())
+                curves.setdefault(label, []).append([h[metric] for h in r["history"]])
+        for label, runs in curves.items():
+            mean = [statistics.fmean(v) for v in zip(*runs)]
+            ax.plot(range(1, len(mean) + 1), [100 * m for m in mean], label=label)
+        ax.set(xlabel="epoch", ylabel=f"{metric.replace('_', ' ')} (%)", title=f"label noise {rate:.0%}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(out_dir) / "curves.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m samlib.experiments", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_demo = sub.add_parser("demo", help="small SGD vs SAM vs InfoSAM comparison on bundled data (CPU, minutes)")
+    p_demo.add_argument("--out", default="runs/demo")
+    p_run = sub.add_parser("run", help="run a grid described in a JSON file")
+    p_run.add_argument("config")
+    p_run.add_argument("--out", required=True)
+    p_grid = sub.add_parser("grid", help="run a grid described by flags")
+    p_grid.add_argument("--methods", nargs="+", default=["SGD", "SAM:rho=0.05"],
+                        help="METHOD or METHOD:hp=v1,v2;hp2=v3, e.g. InfoSAM:rho=0.05,0.1;beta=0.9")
+    p_grid.add_argument("--noise", nargs="+", type=float, default=[0.0])
+    p_grid.add_argument("--noise-kind", default="symmetric", choices=["symmetric", "pairflip"])
+    p_grid.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p_grid.add_argument("--dataset", default="fashion")
+    p_grid.add_argument("--n-train", type=int, default=4000)
+    p_grid.add_argument("--model", default="small_cnn")
+    p_grid.add_argument("--epochs", type=int, default=10)
+    p_grid.add_argument("--lr", type=float, default=0.05)
+    p_grid.add_argument("--batch-size", type=int, default=128)
+    p_grid.add_argument("--device", default=None)
+    p_grid.add_argument("--out", required=True)
+    p_sum = sub.add_parser("summarize", help="rewrite DIR/summary.md from DIR/records")
+    p_sum.add_argument("out")
+    args = parser.parse_args(argv)
+
+    if args.command == "summarize":
+        summary = summarize(args.out)
+        print(format_summary(summary))
+        return summary
+    if args.command == "demo":
+        grid = demo_grid()
+    elif args.command == "run":
+        grid = Grid.from_dict(json.loads(Path(args.config).read_text()))
+    else:
+        methods = dict(_parse_method(m) for m in args.methods)
+        for name in methods:
+            if name not in METHODS:
+                parser.error(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+        grid = Grid(name=Path(args.out).name, data=DataSpec(dataset=args.dataset, n_train=args.n_train,
+                                                            noise_kind=args.noise_kind),
+                    train=dict(model=args.model, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                               device=args.device),
+                    methods=methods, noise_rates=args.noise, seeds=args.seeds)
+    print(f"grid {grid.name!r}: {len(list(grid.runs()))} runs -> {args.out}")
+    summary = run_grid(grid, args.out)
+    print()
+    print(format_summary(summary))
+    path = plot_summary(args.out, "test_miou" if summary["selection_metric"] == "val_miou" else "test_acc")
+    print(f"figure: {path}\nrecords: {Path(args.out) / 'records'}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

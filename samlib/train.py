@@ -1,0 +1,254 @@
+"""One training loop for SGD and every samlib optimizer, with per-epoch history and JSON records.
+
+The perturbed pass runs under :func:`samlib.optim.frozen_bn_stats`, so BatchNorm running statistics
+are updated once per step, from the unperturbed pass. Seeds fix the initialization and the data
+order: on the same CPU the same seed gives the same numbers, and every method sees the same batches.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import __version__
+from .data import Batches, to_float
+from .models import build_model
+from .optim import OPTIMIZERS, frozen_bn_stats
+
+__all__ = ["TrainConfig", "train", "evaluate", "make_optimizer", "default_device", "environment_info",
+           "write_json_atomic", "segmentation_scores"]
+
+METHODS = ("SGD", *OPTIMIZERS)
+
+
+def default_device() -> torch.device:
+    """CUDA if available, else CPU; ``$SAMLIB_DEVICE`` overrides."""
+    if os.environ.get("SAMLIB_DEVICE"):
+        return torch.device(os.environ["SAMLIB_DEVICE"])
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run (recorded verbatim in its JSON record)."""
+
+    method: str = "SGD"                       # "SGD" or a samlib.optim name ("SAM", "InfoSAM", ...)
+    hparams: dict = field(default_factory=dict)  # the method's own, e.g. {"rho": 0.1, "beta": 0.9}
+    model: str = "small_cnn"
+    model_kwargs: dict = field(default_factory=dict)
+    task: str = "classification"              # or "segmentation"
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"                  # "cosine" | "step" | "constant" (stepped per iteration)
+    step_milestones: tuple = (0.5, 0.75)      # fractions of training for schedule="step" (x0.1 each)
+    label_smoothing: float = 0.0
+    seed: int = 0
+    device: str | None = None
+
+    def validate(self):
+        if self.method not in METHODS:
+            raise ValueError(f"Unknown method {self.method!r}. Choose one of: {', '.join(METHODS)}.")
+        if self.method == "SGD" and self.hparams:
+            raise ValueError(f"SGD takes no hparams, got {self.hparams}. Put lr/momentum/weight_decay in the config.")
+        if self.task not in ("classification", "segmentation"):
+            raise ValueError(f"Invalid task {self.task!r}. Choose 'classification' or 'segmentation'.")
+        if self.schedule not in ("cosine", "step", "constant"):
+            raise ValueError(f"Invalid schedule {self.schedule!r}. Choose 'cosine', 'step' or 'constant'.")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be >= 1.")
+        return self
+
+
+def make_optimizer(config: TrainConfig, params):
+    """The configured optimizer: torch SGD, or a samlib variant wrapping the same SGD."""
+    base = dict(lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    if config.method == "SGD":
+        return torch.optim.SGD(params, **base)
+    return OPTIMIZERS[config.method](params, torch.optim.SGD, **config.hparams, **base)
+
+
+def _lr_lambda(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
+    if config.schedule == "cosine":
+        return lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+    if config.schedule == "step":
+        marks = [int(f * total_steps) for f in config.step_milestones]
+        return lambda step: 0.1 ** sum(step >= m for m in marks)
+    return lambda step: 1.0
+
+
+def segmentation_scores(confusion: torch.Tensor) -> dict:
+    """mIoU (over classes present in targets or predictions) and pixel accuracy from a confusion matrix."""
+    confusion = confusion.double()
+    tp = confusion.diag()
+    union = confusion.sum(0) + confusion.sum(1) - tp
+    present = union > 0
+    return {"miou": float((tp[present] / union[present]).mean()), "pixel_acc": float(tp.sum() / confusion.sum())}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x, y, task: str = "classification", batch_size: int = 512, device=None,
+             num_classes: int | None = None) -> dict:
+    """Loss and accuracy (classification) or loss, mIoU and pixel accuracy (segmentation), in eval mode."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total_loss, correct, n = 0.0, 0, 0
+    confusion = None
+    for i in range(0, len(x), batch_size):
+        xb = to_float(x[i:i + batch_size].to(device))
+        yb = y[i:i + batch_size].to(device)
+        out = model(xb)
+        total_loss += float(F.cross_entropy(out, yb, reduction="sum")) / (yb[0].numel() if task == "segmentation" else 1)
+        pred = out.argmax(1)
+        if task == "classification":
+            correct += int((pred == yb).sum())
+        else:
+            k = num_classes or out.shape[1]
+            c = torch.bincount((yb * k + pred).flatten(), minlength=k * k).view(k, k).cpu()
+            confusion = c if confusion is None else confusion + c
+        n += len(yb)
+    model.train(was_training)
+    if task == "classification":
+        return {"loss": total_loss / n, "acc": correct / n}
+    return {"loss": total_loss / n, **segmentation_scores(confusion)}
+
+
+def environment_info(device) -> dict:
+    device = torch.device(device)
+    info = {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__,
+            "samlib": __version__, "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "device": str(device), "threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write JSON through a temporary file and a rename, so an interruption never leaves half a record."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def train(config: TrainConfig, train_data: tuple, test_data: tuple | None = None, val_data: tuple | None = None,
+          num_classes: int = 10, in_channels: int | None = None, record_path: str | os.PathLike | None = None,
+          progress: bool = True, on_epoch: Callable[[int, dict, nn.Module], None] | None = None,
+          extra_record: dict | None = None) -> dict:
+    """Train one model; return its record ``{"config", "history", "final", "environment", "model"}``.
+
+    ``train_data`` is ``(x, y)`` or ``(x, y, clean_y)``: with clean labels (label-noise runs) the
+    history also tracks accuracy on the clean training labels and how many flipped labels the
+    model has memorized. ``test_data``/``val_data`` are ``(x, y)`` with clean labels.
+    ``on_epoch(epoch, row, model)`` is called after each epoch's evaluation. The record (without
+    the model) is written atomically to ``record_path`` as JSON if given.
+    """
+    config.validate()
+    device = torch.device(config.device) if config.device else default_device()
+    x, y = train_data[0], train_data[1]
+    clean = train_data[2] if len(train_data) > 2 else None
+    if config.task == "classification" and int(y.max()) >= num_classes:
+        raise ValueError(f"Labels go up to {int(y.max())} but num_classes={num_classes}; pass the dataset's "
+                         "number of classes.")
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, in_channels or x.shape[1], num_classes, **config.model_kwargs).to(device)
+    opt = make_optimizer(config, model.parameters())
+    batches = Batches(x, y, config.batch_size, shuffle=True, seed=config.seed, device=device, drop_last=True)
+    total = config.epochs * len(batches)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(config, total))
+    sam = config.method != "SGD"
+
+    def loss_fn(out, target):
+        return F.cross_entropy(out, target, label_smoothing=config.label_smoothing)
+
+    history = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=total, desc=f"{config.method} seed {config.seed}", leave=False)
+    try:
+        for epoch in range(config.epochs):
+            model.train()
+            t0 = time.perf_counter()
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.long)
+            seen = 0
+            for xb, yb in batches:
+                out = model(xb)
+                loss = loss_fn(out, yb)
+                loss.backward()
+                if sam:
+                    opt.first_step(zero_grad=True)
+                    with frozen_bn_stats(model):
+                        loss_fn(model(xb), yb).backward()
+                    opt.second_step(zero_grad=True)
+                else:
+                    opt.step()
+                    opt.zero_grad()
+                sched.step()
+                loss_sum += loss.detach() * len(yb)
+                if config.task == "classification":
+                    correct += (out.argmax(1) == yb).sum()
+                seen += len(yb)
+                if bar is not None:
+                    bar.update()
+            epoch_time = time.perf_counter() - t0
+            row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "epoch_time": epoch_time,
+                   "train_loss": float(loss_sum) / seen}
+            if config.task == "classification":
+                row["train_acc"] = int(correct) / seen
+            if clean is not None:
+                row.update(_memorization(model, x, y, clean, device))
+            for name, data in (("val", val_data), ("test", test_data)):
+                if data is not None:
+                    scores = evaluate(model, data[0], data[1], config.task, device=device, num_classes=num_classes)
+                    row.update({f"{name}_{k}": v for k, v in scores.items()})
+            history.append(row)
+            if not all(math.isfinite(v) for v in row.values() if isinstance(v, float)):
+                raise FloatingPointError(f"{config.method} diverged at epoch {epoch + 1} (non-finite metrics: {row}). "
+                                         "Lower lr or rho.")
+            if on_epoch is not None:
+                on_epoch(epoch + 1, row, model)
+            if bar is not None:
+                bar.set_postfix({k: round(v, 3) for k, v in row.items() if k in ("train_loss", "test_acc", "test_miou")})
+    finally:
+        if bar is not None:
+            bar.close()
+    record = {"config": dataclasses.asdict(config), "history": history, "final": history[-1],
+              "environment": environment_info(device), **(extra_record or {})}
+    if record_path is not None:
+        write_json_atomic(Path(record_path), record)
+    record["model"] = model
+    return record
+
+
+@torch.no_grad()
+def _memorization(model, x, noisy, clean, device, batch_size=1024) -> dict:
+    """Accuracy on the clean and on the noisy training labels, and the memorized fraction of flips."""
+    model.eval()
+    preds = torch.cat([model(to_float(x[i:i + batch_size].to(device))).argmax(1).cpu()
+                       for i in range(0, len(x), batch_size)])
+    model.train()
+    noisy, clean = noisy.cpu(), clean.cpu()
+    flipped = noisy != clean
+    out = {"train_clean_acc": float((preds == clean).float().mean()),
+           "train_noisy_acc": float((preds == noisy).float().mean())}
+    if flipped.any():
+        out["memorized"] = float((preds[flipped] == noisy[flipped]).float().mean())
+    return out
