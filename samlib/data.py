@@ -306,8 +306,10 @@ def fashion_scenes(n: int, seed: int, split: str = "train", size: int = 64, obje
 # ---- batching -------------------------------------------------------------------------------
 
 def to_float(images: Tensor) -> Tensor:
-    """uint8 images to float32 in [0, 1]; float images pass through."""
-    return images.float().div_(255) if images.dtype == torch.uint8 else images.float()
+    """uint8 images to float32 in [0, 1]; floating-point images pass through unchanged."""
+    if images.is_floating_point():
+        return images
+    return images.float().div_(255)
 
 
 def split_validation(n: int, fraction: float, seed: int) -> tuple[Tensor, Tensor]:

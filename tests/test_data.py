@@ -1,0 +1,227 @@
+"""samlib.data: bundled data, loader order and errors, CIFAR format, label noise, scenes, batching."""
+import gzip
+import hashlib
+import io
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+
+from samlib import data as D
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("network access attempted")
+    monkeypatch.setattr(D.urllib.request, "urlopen", refuse)
+    monkeypatch.setattr(D.urllib.request, "urlretrieve", refuse)
+
+
+def test_bundled_subset_is_stratified_uint8(no_network):
+    x, y = D.load_fashion_mnist("train", subset=True)
+    assert x.shape == (10000, 1, 28, 28) and x.dtype == torch.uint8 and y.dtype == torch.int64
+    assert torch.equal(y.bincount(), torch.full((10,), 1000))
+    xt, yt = D.load_fashion_mnist("test", subset=True)
+    assert xt.shape == (2000, 1, 28, 28) and torch.equal(yt.bincount(), torch.full((10,), 200))
+    assert hashlib.sha256(D.bundled_path().read_bytes()).hexdigest() == D.BUNDLED_SHA256
+
+
+def _idx_bytes(arr: np.ndarray) -> bytes:
+    header = bytes([0, 0, 8, arr.ndim]) + b"".join(int(s).to_bytes(4, "big") for s in arr.shape)
+    return header + arr.astype(np.uint8).tobytes()
+
+
+@pytest.fixture
+def fake_full_copy(tmp_path, monkeypatch):
+    """A tiny full-format Fashion-MNIST copy, with the loader's checksums pointed at it."""
+    rng = np.random.default_rng(0)
+    files = {}
+    for split, n in (("train", 30), ("test", 20)):
+        (img_name, _), (lab_name, _) = D.FASHION_FILES[split]
+        images = _idx_bytes(rng.integers(0, 256, (n, 28, 28)))
+        labels = _idx_bytes(rng.integers(0, 10, (n,)))
+        (tmp_path / f"{img_name}.gz").write_bytes(gzip.compress(images))
+        (tmp_path / lab_name).write_bytes(labels)  # uncompressed works too
+        files[split] = ((img_name, hashlib.sha256(images).hexdigest()), (lab_name, hashlib.sha256(labels).hexdigest()))
+    monkeypatch.setattr(D, "FASHION_FILES", files)
+    return tmp_path
+
+
+def test_full_copy_in_root_takes_precedence(fake_full_copy, no_network, monkeypatch, tmp_path_factory):
+    monkeypatch.setenv("SAMLIB_DATA", str(tmp_path_factory.mktemp("elsewhere")))
+    x, y = D.load_fashion_mnist("train", root=fake_full_copy)
+    assert x.shape == (30, 1, 28, 28) and y.shape == (30,)
+
+
+def test_samlib_data_env_is_used(fake_full_copy, no_network, monkeypatch):
+    monkeypatch.setenv("SAMLIB_DATA", str(fake_full_copy))
+    x, _ = D.load_fashion_mnist("test")
+    assert x.shape == (20, 1, 28, 28)
+
+
+def test_falls_back_to_bundled_subset(no_network, monkeypatch, tmp_path):
+    monkeypatch.setenv("SAMLIB_DATA", str(tmp_path))
+    monkeypatch.setattr(D, "DEBIAN_FASHION_MNIST", tmp_path / "absent")
+    x, _ = D.load_fashion_mnist("test")
+    assert x.shape == (2000, 1, 28, 28)
+
+
+def test_corrupt_full_copy_names_the_file(fake_full_copy):
+    (fake_full_copy / "train-labels-idx1-ubyte").write_bytes(b"\0\0\x08\x01garbage")
+    with pytest.raises(D.DataError, match="corrupt.*train-labels"):
+        D.load_fashion_mnist("train", root=fake_full_copy)
+
+
+def test_missing_root_says_where_it_looked_and_how_to_fix(tmp_path):
+    with pytest.raises(D.DataError, match=rf"{tmp_path}.*download=True"):
+        D.load_fashion_mnist("train", root=tmp_path)
+
+
+def test_corrupt_bundled_subset_is_detected(tmp_path, monkeypatch):
+    bad = tmp_path / "subset.npz"
+    raw = bytearray(D.bundled_path().read_bytes())
+    raw[1000] ^= 0xFF
+    bad.write_bytes(bytes(raw))
+    monkeypatch.setenv("SAMLIB_BUNDLED_DATA", str(bad))
+    with pytest.raises(D.DataError, match="corrupt"):
+        D.load_fashion_mnist("train", subset=True)
+
+
+def test_download_needs_a_destination(monkeypatch):
+    monkeypatch.delenv("SAMLIB_DATA", raising=False)
+    with pytest.raises(ValueError, match="root"):
+        D.load_fashion_mnist("train", download=True)
+
+
+def test_bad_split():
+    with pytest.raises(ValueError, match="split"):
+        D.load_fashion_mnist("validation")
+
+
+def _cifar_archive(tmp_path, name="cifar10"):
+    spec = D.CIFAR[name]
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    parts = {}
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for part in spec["train"] + spec["test"]:
+            n = 4
+            batch = {b"data": rng.integers(0, 256, (n, 3072)).astype(np.uint8),
+                     spec["label_key"]: rng.integers(0, spec["classes"], n).tolist()}
+            payload = pickle.dumps(batch)
+            info = tarfile.TarInfo(f"{spec['folder']}/{part}")
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+            parts[part] = batch
+    (tmp_path / spec["archive"]).write_bytes(buf.getvalue())
+    return parts
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_cifar_python_archive(tmp_path, name, no_network):
+    parts = _cifar_archive(tmp_path, name)
+    spec = D.CIFAR[name]
+    x, y = D.load_cifar(name, "train", root=tmp_path, verify=False)
+    assert x.shape == (4 * len(spec["train"]), 3, 32, 32) and x.dtype == torch.uint8
+    first = parts[spec["train"][0]]
+    assert torch.equal(x[0], torch.from_numpy(first[b"data"][0].reshape(3, 32, 32)))
+    assert y[:4].tolist() == first[spec["label_key"]]
+    xt, _ = D.load_cifar(name, "test", root=tmp_path, verify=False)
+    assert xt.shape == (4, 3, 32, 32)
+
+
+def test_cifar_checksum_and_missing_errors(tmp_path):
+    _cifar_archive(tmp_path)
+    with pytest.raises(D.DataError, match="md5"):
+        D.load_cifar("cifar10", root=tmp_path)
+    with pytest.raises(D.DataError, match="download=True"):
+        D.load_cifar("cifar10", root=tmp_path / "nothing")
+    with pytest.raises(ValueError, match="cifar10"):
+        D.load_cifar("svhn", root=tmp_path)
+
+
+def test_cifar_extracted_folder(tmp_path):
+    _cifar_archive(tmp_path)
+    with tarfile.open(tmp_path / "cifar-10-python.tar.gz") as tar:
+        tar.extractall(tmp_path / "x", filter="data")
+    x, _ = D.load_cifar("cifar10", "test", root=tmp_path / "x")
+    assert x.shape == (4, 3, 32, 32)
+
+
+@pytest.mark.parametrize("kind", ["symmetric", "pairflip"])
+@pytest.mark.parametrize("rate", [0.0, 0.2, 0.4, 0.8])
+def test_label_noise_exact_rate_and_always_wrong(rate, kind):
+    labels = torch.arange(1000) % 10
+    noisy, flipped = D.add_label_noise(labels, rate, 10, seed=3, kind=kind)
+    assert int(flipped.sum()) == round(rate * 1000)
+    assert torch.equal(noisy != labels, flipped)
+    if kind == "pairflip":
+        assert torch.equal(noisy[flipped], (labels[flipped] + 1) % 10)
+    again, _ = D.add_label_noise(labels, rate, 10, seed=3, kind=kind)
+    assert torch.equal(noisy, again)
+
+
+def test_symmetric_noise_spreads_over_other_classes():
+    labels = torch.zeros(20000, dtype=torch.long)
+    noisy, _ = D.add_label_noise(labels, 0.9, 10, seed=0)
+    counts = noisy.bincount(minlength=10)[1:].float()
+    assert counts.min() > 0.9 * counts.mean()
+
+
+def test_label_noise_errors():
+    with pytest.raises(ValueError, match="rate"):
+        D.add_label_noise(torch.zeros(5, dtype=torch.long), 1.0, 10, 0)
+    with pytest.raises(ValueError, match="num_classes"):
+        D.add_label_noise(torch.tensor([0, 12]), 0.1, 10, 0)
+    with pytest.raises(ValueError, match="kind"):
+        D.add_label_noise(torch.tensor([0, 1]), 0.1, 10, 0, kind="asym")
+
+
+def test_fashion_scenes_are_deterministic_and_consistent():
+    x, m, clean = D.fashion_scenes(64, seed=1, mask_noise=0.3, return_clean=True)
+    assert x.shape == (64, 1, 64, 64) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+    assert m.shape == (64, 64, 64) and m.dtype == torch.int64 and 0 <= m.min() and m.max() <= 10
+    x2, m2 = D.fashion_scenes(64, seed=1, mask_noise=0.3)
+    assert torch.equal(x, x2) and torch.equal(m, m2)
+    assert not torch.equal(D.fashion_scenes(64, seed=2)[0], x)
+    assert torch.equal(m > 0, clean > 0)                  # noise relabels objects, never moves them
+    assert (x[:, 0][clean > 0] > 0.1).all()               # mask pixels are garment pixels
+    assert 0 < (m != clean).float().mean()                 # some objects were relabelled
+    objects = (clean > 0).float().mean()
+    assert objects > 0.1                                   # garments cover a real part of the canvas
+
+
+def test_mask_noise_zero_gives_clean_masks():
+    _, m, clean = D.fashion_scenes(16, seed=0, return_clean=True)
+    assert torch.equal(m, clean)
+
+
+def test_batches_cover_each_example_once_and_are_reproducible():
+    x = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1)
+    y = torch.arange(10)
+    b = D.Batches(x, y, batch_size=4, seed=5)
+    epoch1 = [yb for _, yb in b]
+    assert sorted(torch.cat(epoch1).tolist()) == list(range(10)) and len(epoch1) == 3
+    epoch2 = torch.cat([yb for _, yb in b])
+    assert not torch.equal(torch.cat(epoch1), epoch2)
+    fresh = D.Batches(x, y, batch_size=4, seed=5)
+    assert torch.equal(torch.cat([yb for _, yb in fresh]), torch.cat(epoch1))
+    xb, yb = next(iter(D.Batches(x, y, batch_size=10, shuffle=False)))
+    assert xb.dtype == torch.float32 and torch.allclose(xb.flatten(), y.float() / 255)
+    assert len(D.Batches(x, y, 4, drop_last=True)) == 2
+
+
+def test_batches_on_device(device):
+    x, y = torch.zeros(6, 1, 2, 2), torch.zeros(6, dtype=torch.long)
+    xb, yb = next(iter(D.Batches(x, y, 3, device=device)))
+    assert xb.device.type == device.type and yb.device.type == device.type
+
+
+def test_split_validation():
+    tr, va = D.split_validation(100, 0.1, seed=0)
+    assert len(va) == 10 and len(tr) == 90 and set(tr.tolist()).isdisjoint(va.tolist())
+    with pytest.raises(ValueError, match="fraction"):
+        D.split_validation(100, 1.5, 0)
