@@ -64,17 +64,22 @@ def _take(n_total: int, n: int | None, seed: int) -> torch.Tensor:
 
 
 def prepare_data(spec: DataSpec, noise_rate: float = 0.0) -> dict:
-    """Train (noisy, with clean labels kept), validation (noisy like train) and clean test data."""
+    """Train (noisy, with clean labels kept), validation (noisy like train) and clean test data.
+
+    Independent streams derived from ``data_seed`` pick the examples, the flipped labels and the
+    validation split, so the validation set holds the same fraction of noisy labels as training.
+    """
     spec.validate()
+    seed_take, seed_test, seed_noise, seed_split = (1000 * spec.data_seed + k for k in range(4))
     if not 0.0 <= noise_rate < 1.0:
         raise ValueError(f"Invalid noise rate: {noise_rate!r}. It must lie in [0, 1).")
     if spec.dataset == "fashion_scenes":
         n_train, n_test = spec.n_train or 2000, spec.n_test or 1000
         garments_tr = D.load_fashion_mnist("train", root=spec.root, subset=spec.subset)
         garments_te = D.load_fashion_mnist("test", root=spec.root, subset=spec.subset)
-        x, y, clean = D.fashion_scenes(n_train, spec.data_seed, source=garments_tr, mask_noise=noise_rate,
+        x, y, clean = D.fashion_scenes(n_train, seed_take, source=garments_tr, mask_noise=noise_rate,
                                        return_clean=True)
-        xt, yt = D.fashion_scenes(n_test, spec.data_seed + 1, source=garments_te)
+        xt, yt = D.fashion_scenes(n_test, seed_test, source=garments_te)
         task, num_classes = "segmentation", 11
     else:
         if spec.dataset == "fashion":
@@ -85,15 +90,15 @@ def prepare_data(spec: DataSpec, noise_rate: float = 0.0) -> dict:
             x, clean = D.load_cifar(spec.dataset, "train", root=spec.root)
             xt, yt = D.load_cifar(spec.dataset, "test", root=spec.root)
             num_classes = D.CIFAR[spec.dataset]["classes"]
-        idx = _take(len(x), spec.n_train, spec.data_seed)
+        idx = _take(len(x), spec.n_train, seed_take)
         x, clean = x[idx], clean[idx]
-        tidx = _take(len(xt), spec.n_test, spec.data_seed + 1)
+        tidx = _take(len(xt), spec.n_test, seed_test)
         xt, yt = xt[tidx], yt[tidx]
         y = clean
         if noise_rate > 0:
-            y, _ = D.add_label_noise(clean, noise_rate, num_classes, seed=spec.data_seed, kind=spec.noise_kind)
+            y, _ = D.add_label_noise(clean, noise_rate, num_classes, seed=seed_noise, kind=spec.noise_kind)
         task = "classification"
-    tr, va = D.split_validation(len(x), spec.val_fraction, spec.data_seed)
+    tr, va = D.split_validation(len(x), spec.val_fraction, seed_split)
     return {"train": (x[tr], y[tr], clean[tr]), "val": (x[va], y[va]), "test": (xt, yt),
             "num_classes": num_classes, "in_channels": x.shape[1], "task": task}
 

@@ -1,0 +1,194 @@
+r"""Small problems that make one idea visible: toy landscapes, closed-form perturbations, simulations.
+
+Everything here is a pure function of its arguments (seeded where random), so the chapters' widgets
+are thin wrappers over it and the tests can sweep it.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = ["two_wells", "two_wells_curvatures", "noisy_gd_landing", "two_basins_2d", "sam_trajectory",
+           "dual_norm_perturbation", "cp_perturbation", "op_perturbation", "wiener_gain",
+           "expected_ascent_ratio", "NonconvexProblem", "presam_sgd", "synthetic_alignment"]
+
+
+# ---- chapter 01: a sharp and a flat minimum -------------------------------------------------
+
+def two_wells(x: Tensor, sharp_width: float = 0.15, flat_width: float = 0.6, depth_sharp: float = 1.0,
+              depth_flat: float = 0.9) -> Tensor:
+    r"""A 1-D loss with a sharp well at :math:`x=-1` and a flat one at :math:`x=+1.5`:
+
+    .. math:: L(x) = 1 - a\,e^{-(x+1)^2/(2 s_1^2)} - b\,e^{-(x-1.5)^2/(2 s_2^2)} + 0.02 x^2.
+    """
+    return (1 - depth_sharp * torch.exp(-(x + 1) ** 2 / (2 * sharp_width ** 2))
+            - depth_flat * torch.exp(-(x - 1.5) ** 2 / (2 * flat_width ** 2)) + 0.02 * x ** 2)
+
+
+def two_wells_curvatures(sharp_width: float = 0.15, flat_width: float = 0.6) -> tuple[float, float]:
+    r"""Leading-order curvature :math:`L''` of each well: :math:`a/s_1^2` and :math:`b/s_2^2` (plus 0.04)."""
+    return 1.0 / sharp_width ** 2 + 0.04, 0.9 / flat_width ** 2 + 0.04
+
+
+def noisy_gd_landing(noise: float, sharp_width: float = 0.15, lr: float = 0.05, steps: int = 400,
+                     runs: int = 400, seed: int = 0) -> dict:
+    """Gradient descent with Gaussian gradient noise on :func:`two_wells`, from uniform starts.
+
+    Returns the final positions and the fraction of runs that end in each well: more noise lets
+    iterates escape the sharp well, whose basin is narrow.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.rand(runs, generator=gen, dtype=torch.float64) * 5 - 2.5).requires_grad_(True)
+    for _ in range(steps):
+        (g,) = torch.autograd.grad(two_wells(x, sharp_width).sum(), x)
+        with torch.no_grad():
+            x -= lr * (g + noise * torch.randn(runs, generator=gen, dtype=torch.float64))
+            x.clamp_(-3, 3)
+    x = x.detach()
+    return {"x": x, "sharp": float(((x + 1).abs() < 3 * sharp_width).double().mean()),
+            "flat": float(((x - 1.5).abs() < 1.0).double().mean())}
+
+
+# ---- chapter 02: SAM on a 2-D problem -------------------------------------------------------
+
+def two_basins_2d(w: Tensor) -> Tensor:
+    """A 2-D loss (last dimension = coordinates) with a sharp minimum near (-1, 0) and a wide one near (1.2, 0.3)."""
+    x, y = w[..., 0], w[..., 1]
+    sharp = 1.1 * torch.exp(-((x + 1) ** 2 + (3 * y) ** 2) / 0.08)
+    flat = 1.0 * torch.exp(-((x - 1.2) ** 2 + (y - 0.3) ** 2) / 1.2)
+    return 1.2 - sharp - flat + 0.05 * (x ** 2 + y ** 2)
+
+
+def sam_trajectory(rho: float, lr: float, steps: int = 150, start=(-0.55, 0.35), loss=two_basins_2d) -> Tensor:
+    """Full-gradient SAM iterates (``rho=0``: gradient descent) from ``start``; shape (steps + 1, 2)."""
+    w = torch.tensor(start, dtype=torch.float64)
+    path = [w.clone()]
+    for _ in range(steps):
+        w1 = w.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(loss(w1), w1)
+        eps = rho * g / g.norm() if float(g.norm()) > 0 else torch.zeros_like(g)
+        w2 = (w + eps).requires_grad_(True)
+        (g2,) = torch.autograd.grad(loss(w2), w2)
+        w = w - lr * g2
+        path.append(w.clone())
+    return torch.stack(path)
+
+
+def dual_norm_perturbation(g: Tensor, rho: float, p: float) -> Tensor:
+    r"""The maximizer of :math:`g^\top\epsilon` over :math:`\|\epsilon\|_p\le\rho`:
+
+    .. math:: \epsilon^* = \rho\,\frac{\mathrm{sign}(g)\,|g|^{q-1}}{\|g\|_q^{\,q-1}},\qquad \tfrac1p+\tfrac1q=1,
+
+    with :math:`p=2` giving :math:`\rho g/\|g\|` and :math:`p=\infty` giving :math:`\rho\,\mathrm{sign}(g)`.
+    """
+    if math.isinf(p):
+        return rho * torch.sign(g)
+    if p <= 1:
+        raise ValueError(f"Invalid p: {p}. Use p > 1 (p = inf allowed); p = 1 has a non-unique maximizer.")
+    q = p / (p - 1)
+    return rho * torch.sign(g) * g.abs() ** (q - 1) / torch.linalg.vector_norm(g, q) ** (q - 1)
+
+
+# ---- chapter 03: the two families ------------------------------------------------------------
+
+def cp_perturbation(g: Tensor, c_inv: Tensor, rho: float) -> Tensor:
+    r"""Constraint preconditioning: :math:`\arg\max_{\|C\epsilon\|\le\rho} g^\top\epsilon = \rho\,C^{-2}g/\|C^{-1}g\|`."""
+    return rho * c_inv * c_inv * g / (c_inv * g).norm()
+
+
+def op_perturbation(g: Tensor, P: Tensor, rho: float) -> Tensor:
+    r"""Objective preconditioning: :math:`\arg\max_{\|\epsilon\|\le\rho} (Pg)^\top\epsilon = \rho\,Pg/\|Pg\|`."""
+    return rho * P * g / (P * g).norm()
+
+
+# ---- chapter 06: the noise-aware gain --------------------------------------------------------
+
+def wiener_gain(g: Tensor, sigma2: Tensor) -> Tensor:
+    """The per-coordinate signal-to-noise gain :math:`g^2/(g^2+\\sigma^2)` (1 where both vanish)."""
+    den = g * g + sigma2
+    return torch.where(den > 0, g * g / den.clamp_min(torch.finfo(g.dtype).tiny), torch.ones_like(g))
+
+
+def expected_ascent_ratio(P: Tensor, g: Tensor, sigma2: Tensor) -> Tensor:
+    r""":math:`\mathbb{E}[g^\top P g_b]/\sqrt{\mathbb{E}\|P g_b\|^2} = \sum P g^2/\sqrt{\sum P^2(g^2+\sigma^2)}`
+    for :math:`g_b = g + \xi`, :math:`\mathbb{E}\xi = 0`, :math:`\mathrm{Cov}\,\xi = \mathrm{diag}(\sigma^2)`.
+    Works on a batch of preconditioners (last dimension = coordinates)."""
+    return (P * g * g).sum(-1) / (P * P * (g * g + sigma2)).sum(-1).sqrt()
+
+
+def synthetic_alignment(noise: float, beta: float = 0.9, dim: int = 200, steps: int = 60, rho: float = 0.05,
+                        floor: float = 0.0, seed: int = 0) -> dict:
+    """InfoSAM's adversary against SAM's on a stream of noisy gradients :math:`g_b = g + \\sigma\\odot\\xi`.
+
+    The true gradient ``g`` has a few strong coordinates and many weak ones; the noise scale
+    ``sigma`` is ``noise`` times a heterogeneous profile. Runs :class:`samlib.optim.InfoSAM` and
+    SAM on the same stream and returns the cosine of each perturbation with the full-gradient
+    one, per step, plus the oracle gain's cosine.
+    """
+    from .optim import SAM, InfoSAM
+    gen = torch.Generator().manual_seed(seed)
+    g = torch.randn(dim, generator=gen, dtype=torch.float64) * torch.linspace(2.0, 0.05, dim, dtype=torch.float64)
+    sigma = noise * torch.rand(dim, generator=gen, dtype=torch.float64) * 2
+    w = torch.nn.Parameter(torch.zeros(dim, dtype=torch.float64))
+    info, sam = (InfoSAM([w], torch.optim.SGD, rho=rho, beta=beta, floor=floor, lr=0.0),
+                 SAM([w], torch.optim.SGD, rho=rho, lr=0.0))
+    cos = {"SAM": [], "InfoSAM": [], "oracle": []}
+    target = g / g.norm()
+    oracle_P = wiener_gain(g, sigma * sigma)
+    for _ in range(steps):
+        w.grad = g + sigma * torch.randn(dim, generator=gen, dtype=torch.float64)
+        for name, opt in (("SAM", sam), ("InfoSAM", info)):
+            (_, (eps,)), = opt.perturbation()
+            cos[name].append(float(eps @ target / eps.norm().clamp_min(1e-300)))
+        d = oracle_P * w.grad
+        cos["oracle"].append(float(d @ target / d.norm()))
+    return {k: torch.tensor(v, dtype=torch.float64) for k, v in cos.items()}
+
+
+# ---- chapter 04: convergence on a nonconvex problem ------------------------------------------
+
+class NonconvexProblem:
+    r""":math:`f(w) = \sum_i \big(\tfrac12 w_i^2 + a\cos w_i\big)`, nonconvex for :math:`a > 1`, :math:`L = 1 + a`,
+    bounded below, with stochastic gradients :math:`\nabla f(w) + \sigma\xi`, :math:`\xi\sim N(0, I)`."""
+
+    def __init__(self, dim: int = 10, a: float = 2.0, sigma: float = 1.0):
+        self.dim, self.a, self.sigma = dim, a, sigma
+        self.L = 1.0 + a
+        self.f_star = dim * min(0.5 * t * t + a * math.cos(t) for t in torch.linspace(-4, 4, 80001).tolist())
+
+    def f(self, w: Tensor) -> Tensor:
+        return (0.5 * w * w + self.a * torch.cos(w)).sum(-1)
+
+    def grad(self, w: Tensor) -> Tensor:
+        return w - self.a * torch.sin(w)
+
+
+def presam_sgd(problem: NonconvexProblem, T: int, eta: float, rho: float, runs: int = 64, seed: int = 0,
+               precond: Tensor | None = None, kind: str = "OP", w0: float = 2.5) -> dict:
+    r"""preSAM with plain SGD on :class:`NonconvexProblem`, vectorized over ``runs`` seeds.
+
+    :math:`\epsilon_t = \rho\,d/\|n\|` from a noisy gradient (OP: :math:`d = n = Pg`; CP with
+    ``precond`` :math:`= C^{-1}`: :math:`n = C^{-1}g`, :math:`d = C^{-2}g`), then
+    :math:`w \leftarrow w - \eta\,\tilde g(w+\epsilon)` with an independent noisy gradient.
+    Returns the per-run average of :math:`\|\nabla f(w_t)\|^2` over :math:`t < T`, its mean over
+    runs, and the mean of :math:`f(w_0) - f^*`.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    d = problem.dim
+    P = torch.ones(d, dtype=torch.float64) if precond is None else precond.to(torch.float64)
+    w = torch.full((runs, d), w0, dtype=torch.float64)
+    gap0 = float(problem.f(w).mean()) - problem.f_star
+    acc = torch.zeros(runs, dtype=torch.float64)
+    for _ in range(T):
+        true = problem.grad(w)
+        acc += (true * true).sum(-1)
+        g = true + problem.sigma * torch.randn(runs, d, generator=gen, dtype=torch.float64)
+        n = P * g
+        dvec = P * n if kind == "CP" else n
+        eps = rho * dvec / n.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+        g2 = problem.grad(w + eps) + problem.sigma * torch.randn(runs, d, generator=gen, dtype=torch.float64)
+        w = w - eta * g2
+    avg = acc / T
+    return {"avg_sq_grad": avg, "mean": float(avg.mean()), "gap0": gap0}
