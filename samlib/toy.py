@@ -54,14 +54,15 @@ def noisy_gd_landing(noise: float, sharp_width: float = 0.15, lr: float = 0.05, 
 # ---- chapter 02: SAM on a 2-D problem -------------------------------------------------------
 
 def two_basins_2d(w: Tensor) -> Tensor:
-    """A 2-D loss (last dimension = coordinates) with a sharp minimum near (-1, 0) and a wide one near (1.2, 0.3)."""
+    """A 2-D loss (last dimension = coordinates) with a sharp minimum near (-1, 0) (curvature about 27)
+    and a wide one near (1.2, 0.3) (curvature about 1.7), separated by a low ridge."""
     x, y = w[..., 0], w[..., 1]
-    sharp = 1.1 * torch.exp(-((x + 1) ** 2 + (3 * y) ** 2) / 0.08)
+    sharp = 1.1 * torch.exp(-((x + 1) ** 2 + y ** 2) / 0.08)
     flat = 1.0 * torch.exp(-((x - 1.2) ** 2 + (y - 0.3) ** 2) / 1.2)
     return 1.2 - sharp - flat + 0.05 * (x ** 2 + y ** 2)
 
 
-def sam_trajectory(rho: float, lr: float, steps: int = 150, start=(-0.55, 0.35), loss=two_basins_2d) -> Tensor:
+def sam_trajectory(rho: float, lr: float, steps: int = 200, start=(-0.7, 0.1), loss=two_basins_2d) -> Tensor:
     """Full-gradient SAM iterates (``rho=0``: gradient descent) from ``start``; shape (steps + 1, 2)."""
     w = torch.tensor(start, dtype=torch.float64)
     path = [w.clone()]

@@ -170,6 +170,9 @@ def train(config: TrainConfig, train_data: tuple, test_data: tuple | None = None
     model = build_model(config.model, in_channels or x.shape[1], num_classes, **config.model_kwargs).to(device)
     opt = make_optimizer(config, model.parameters())
     batches = Batches(x, y, config.batch_size, shuffle=True, seed=config.seed, device=device, drop_last=True)
+    if len(batches) == 0:
+        raise ValueError(f"batch_size={config.batch_size} exceeds the {len(x)} training examples (the last partial "
+                         "batch is dropped). Use a smaller batch_size or more data.")
     total = config.epochs * len(batches)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(config, total))
     sam = config.method != "SGD"

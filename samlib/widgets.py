@@ -161,7 +161,7 @@ WIDGETS = {
         "sharp_width": Slider(0.05, 0.4, 0.05, 0.15, "sharp-well width")}, "Noisy GD on a sharp and a flat well"),
     "sam2d": Widget(_sam2d_compute, _sam2d_plot, {
         "rho": Slider(0.0, 0.6, 0.05, 0.3, "rho"),
-        "lr": Slider(0.05, 0.5, 0.05, 0.2, "step size")}, "GD and SAM on a 2-D loss"),
+        "lr": Slider(0.01, 0.1, 0.01, 0.05, "step size")}, "GD and SAM on a 2-D loss"),
     "presam": Widget(_presam_compute, _presam_plot, {
         "c1": Slider(0.25, 2.0, 0.25, 1.5, "C^-1 entry 1"),
         "c2": Slider(0.25, 2.0, 0.25, 0.5, "C^-1 entry 2"),
