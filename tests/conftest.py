@@ -1,10 +1,9 @@
-import os
-
 import pytest
 import torch
 
-os.environ.setdefault("SAMLIB_MODE", "quick")
-os.environ.setdefault("MPLBACKEND", "Agg")
+import matplotlib
+
+matplotlib.use("Agg")  # unit tests draw headless; notebook kernels keep their inline backend
 
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
     not torch.cuda.is_available(), reason="CUDA is not available")])]

@@ -60,6 +60,16 @@ def run_reference(name, hp, w0, grad_fn, steps):
                               for mi, vi in zip(st["m"], st["v"])], dtype=g.dtype)
             base = st["m"] if hp.get("precondition_mean") else g
             eps = rho * P * base / (P * base).norm()
+        elif name == "InverseVarianceSAM":
+            b = hp["beta"]
+            if t == 0:
+                st["m"], st["v"] = g.clone(), torch.zeros_like(g)
+            else:
+                st["v"] = b * st["v"] + (1 - b) * (g - st["m"]) ** 2
+                st["m"] = b * st["m"] + (1 - b) * g
+            damped = st["v"] + hp["damping"] * st["v"].mean()
+            P = torch.ones_like(g) if float(damped.max()) == 0 else 1.0 / damped
+            eps = rho * P * g / (P * g).norm()
         else:
             raise KeyError(name)
         assert math.isfinite(float(eps.norm()))

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from samlib.optim import (ASAM, OPTIMIZERS, SAM, SSAM, FisherSAM, FriendlySAM, InfoSAM, PreconditionedSAM,
-                          VaSSO, frozen_bn_stats)
+from samlib.optim import (ASAM, OPTIMIZERS, SAM, SSAM, FisherSAM, FriendlySAM, InfoSAM, InverseVarianceSAM,
+                          PreconditionedSAM, VaSSO, frozen_bn_stats)
 
 from optim_reference import LR, MOMENTUM, WD, run_reference
 
@@ -21,13 +21,15 @@ HYPER = {
     "InfoSAM": dict(rho=0.3, beta=0.7, floor=0.0),
     "InfoSAM-floor": dict(rho=0.3, beta=0.7, floor=0.4),
     "InfoSAM-mean": dict(rho=0.3, beta=0.7, floor=0.1, precondition_mean=True),
+    "InverseVarianceSAM": dict(rho=0.3, beta=0.7, damping=0.5),
 }
+CLASSES = {**OPTIMIZERS, "InverseVarianceSAM": InverseVarianceSAM}
 SHAPES = [(3, 4), (5,), (2, 1, 3)]
 N = sum(torch.Size(s).numel() for s in SHAPES)
 
 
 def cls_of(key):
-    return OPTIMIZERS[key.split("-")[0]]
+    return CLASSES[key.split("-")[0]]
 
 
 def make_problem(device, dtype=torch.float64, seed=0):
@@ -311,6 +313,8 @@ BAD_INPUTS = [
     (InfoSAM, dict(beta=-0.5), "beta"),
     (InfoSAM, dict(floor=1.5), "floor"),
     (InfoSAM, dict(floor=-0.1), "floor"),
+    (InverseVarianceSAM, dict(damping=0.0), "damping"),
+    (InverseVarianceSAM, dict(beta=1.0), "beta"),
 ]
 
 
@@ -333,7 +337,7 @@ def test_base_optimizer_must_be_a_class():
 
 def test_every_variant_is_a_short_subclass_of_one_base():
     import inspect
-    for cls in OPTIMIZERS.values():
+    for cls in CLASSES.values():
         assert issubclass(cls, PreconditionedSAM)
         code = [ln for ln in inspect.getsource(cls).splitlines() if ln.strip()]
         doc = inspect.getdoc(cls) or ""
