@@ -130,6 +130,27 @@ def end_to_end(device, repeats: int, batch: int = 128) -> dict[str, float]:
     return _interleaved_medians(fns, device, repeats)
 
 
+def optimizer_memory(opt) -> dict[str, int]:
+    """Bytes held by a samlib optimizer after a step: its working buffers (flat g, eps, w + eps, ...),
+    its running statistics, and the base optimizer's state, next to the parameters themselves."""
+    def nbytes(tensors):
+        seen = {}
+        for t in tensors:
+            st = t.untyped_storage()
+            seen[st.data_ptr()] = st.nbytes()
+        return sum(seen.values())
+
+    params = [p for g in opt.param_groups for p in g["params"]]
+    stats = [v for p in params for v in opt.state[p].values() if torch.is_tensor(v)]
+    buffers = []
+    for chunk in opt._chunks.values():
+        buffers += [chunk.g, chunk.eps, chunk.w_plus_views[0]] + ([chunk.w] if chunk.w is not None else [])
+        buffers += list(chunk.state._scratch.values())
+    base = [v for s in opt.base_optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+    return {"params": nbytes(params), "working_buffers": nbytes(buffers), "running_stats": nbytes(stats),
+            "base_state": nbytes(base)}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m samlib.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from . import data as D
+from .distributed import init_from_env, is_rank_zero, world
 from .modes import pick
 from .optim import OPTIMIZERS
 from .train import METHODS, TrainConfig, train, write_json_atomic
@@ -155,18 +156,34 @@ def run_id(rate: float, config: TrainConfig) -> str:
     return f"noise{_fmt(rate)}_{config.method}{'-' + hp if hp else ''}_seed{config.seed}"
 
 
+def _exists_on_rank_zero(path: Path) -> bool:
+    """Whether rank 0 sees ``path``; every process gets rank 0's answer, so all skip the same runs."""
+    rank, world_size = world()
+    found = [path.exists() if rank == 0 else None]
+    if world_size > 1:
+        torch.distributed.broadcast_object_list(found, src=0)
+    return bool(found[0])
+
+
 def run_grid(grid: Grid, out_dir: str | Path, progress: bool = True, log=print) -> dict:
-    """Run every missing run of ``grid`` under ``out_dir`` and return the summary."""
+    """Run every missing run of ``grid`` under ``out_dir`` and return the summary.
+
+    Under ``torchrun`` every process runs every run on its share of each batch (DDP); only rank 0
+    writes records, the summary and log lines.
+    """
     grid.validate()
     out = Path(out_dir)
-    (out / "records").mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "grid.json", dataclasses.asdict(grid))
+    if not is_rank_zero():
+        log = lambda *args: None  # noqa: E731
+    else:
+        (out / "records").mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / "grid.json", dataclasses.asdict(grid))
     data_cache: dict = {}
     runs = list(grid.runs())
     for i, (rate, config) in enumerate(runs, 1):
         rid = run_id(rate, config)
         path = out / "records" / f"{rid}.json"
-        if path.exists():
+        if _exists_on_rank_zero(path):
             log(f"[{i}/{len(runs)}] {rid}: record exists, skipped")
             continue
         if rate not in data_cache:
@@ -178,6 +195,8 @@ def run_grid(grid: Grid, out_dir: str | Path, progress: bool = True, log=print) 
                        extra_record={"run_id": rid, "noise_rate": rate, "data": dataclasses.asdict(grid.data)})
         final = record["final"]
         log(f"[{i}/{len(runs)}] {rid}: " + ", ".join(f"{k} {final[k]:.4f}" for k in _metric_keys(final)))
+    if not is_rank_zero():
+        return {}
     return summarize(out)
 
 
@@ -327,10 +346,15 @@ def main(argv=None):
     p_grid.add_argument("--lr", type=float, default=0.05)
     p_grid.add_argument("--batch-size", type=int, default=128)
     p_grid.add_argument("--device", default=None)
+    p_grid.add_argument("--perturbation", default="local", choices=["local", "synced"],
+                        help="under torchrun: per-process (m-sharpness) or all-reduced perturbation")
+    p_grid.add_argument("--m-sharpness", type=int, default=None, help="single process: chunk size m")
+    p_grid.add_argument("--amp", default=None, choices=["bf16", "fp16"])
     p_grid.add_argument("--out", required=True)
     p_sum = sub.add_parser("summarize", help="rewrite DIR/summary.md from DIR/records")
     p_sum.add_argument("out")
     args = parser.parse_args(argv)
+    init_from_env()  # under torchrun: one process per GPU (NCCL) or CPU (gloo)
 
     if args.command == "summarize":
         summary = summarize(args.out)
@@ -348,10 +372,14 @@ def main(argv=None):
         grid = Grid(name=Path(args.out).name, data=DataSpec(dataset=args.dataset, n_train=args.n_train,
                                                             noise_kind=args.noise_kind),
                     train=dict(model=args.model, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                               device=args.device),
+                               device=args.device, perturbation=args.perturbation, m_sharpness=args.m_sharpness,
+                               amp=args.amp),
                     methods=methods, noise_rates=args.noise, seeds=args.seeds)
-    print(f"grid {grid.name!r}: {len(list(grid.runs()))} runs -> {args.out}")
-    summary = run_grid(grid, args.out)
+    say = print if is_rank_zero() else (lambda *a: None)
+    say(f"grid {grid.name!r}: {len(list(grid.runs()))} runs -> {args.out} ({world()[1]} process(es))")
+    summary = run_grid(grid, args.out, log=say)
+    if not is_rank_zero():
+        return summary
     print()
     print(format_summary(summary))
     path = plot_summary(args.out, "test_miou" if summary["selection_metric"] == "val_miou" else "test_acc")

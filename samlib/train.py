@@ -25,7 +25,7 @@ from torch import nn
 from . import __version__
 from .data import Batches, to_float
 from .models import build_model
-from .optim import OPTIMIZERS, frozen_bn_stats
+from .optim import OPTIMIZERS
 
 __all__ = ["TrainConfig", "train", "evaluate", "make_optimizer", "default_device", "environment_info",
            "write_json_atomic", "segmentation_scores"]
@@ -59,6 +59,9 @@ class TrainConfig:
     label_smoothing: float = 0.0
     seed: int = 0
     device: str | None = None
+    perturbation: str = "local"               # under DDP: "local" (per-rank eps) or "synced" (see samlib.distributed)
+    m_sharpness: int | None = None            # single process: chunks of m examples, each with its own eps
+    amp: str | None = None                    # None | "bf16" | "fp16" (fp16 uses a GradScaler)
 
     def validate(self):
         if self.method not in METHODS:
@@ -71,6 +74,14 @@ class TrainConfig:
             raise ValueError(f"Invalid schedule {self.schedule!r}. Choose 'cosine', 'step' or 'constant'.")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1.")
+        if self.perturbation not in ("local", "synced"):
+            raise ValueError(f"Invalid perturbation {self.perturbation!r}. Choose 'local' or 'synced'.")
+        if self.amp not in (None, "bf16", "fp16"):
+            raise ValueError(f"Invalid amp {self.amp!r}. Choose None, 'bf16' or 'fp16'.")
+        if self.m_sharpness is not None and (self.m_sharpness < 1 or self.batch_size % self.m_sharpness):
+            raise ValueError(f"Invalid m_sharpness {self.m_sharpness}: it must divide batch_size={self.batch_size}.")
+        if self.m_sharpness is not None and self.amp is not None:
+            raise ValueError("m_sharpness and amp cannot be combined; choose one.")
         return self
 
 
@@ -161,6 +172,10 @@ def train(config: TrainConfig, train_data: tuple, test_data: tuple | None = None
     """
     config.validate()
     device = torch.device(config.device) if config.device else default_device()
+    from .distributed import amp_sam_step, m_sharpness_step, sam_step, world
+    rank, world_size = world()
+    if world_size > 1 and device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
     x, y = train_data[0], train_data[1]
     clean = train_data[2] if len(train_data) > 2 else None
     if config.task == "classification" and int(y.max()) >= num_classes:
@@ -169,7 +184,14 @@ def train(config: TrainConfig, train_data: tuple, test_data: tuple | None = None
     torch.manual_seed(config.seed)
     model = build_model(config.model, in_channels or x.shape[1], num_classes, **config.model_kwargs).to(device)
     opt = make_optimizer(config, model.parameters())
+    net = model
+    if world_size > 1:
+        if config.batch_size % world_size:
+            raise ValueError(f"batch_size={config.batch_size} must be divisible by the {world_size} processes.")
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     batches = Batches(x, y, config.batch_size, shuffle=True, seed=config.seed, device=device, drop_last=True)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp)
+    scaler = torch.amp.GradScaler(device.type) if config.amp == "fp16" else None
     if len(batches) == 0:
         raise ValueError(f"batch_size={config.batch_size} exceeds the {len(x)} training examples (the last partial "
                          "batch is dropped). Use a smaller batch_size or more data.")
@@ -182,7 +204,7 @@ def train(config: TrainConfig, train_data: tuple, test_data: tuple | None = None
 
     history = []
     bar = None
-    if progress:
+    if progress and rank == 0:
         from tqdm.auto import tqdm
         bar = tqdm(total=total, desc=f"{config.method} seed {config.seed}", leave=False)
     try:
@@ -193,19 +215,29 @@ def train(config: TrainConfig, train_data: tuple, test_data: tuple | None = None
             correct = torch.zeros((), device=device, dtype=torch.long)
             seen = 0
             for xb, yb in batches:
-                out = model(xb)
-                loss = loss_fn(out, yb)
-                loss.backward()
-                if sam:
-                    opt.first_step(zero_grad=True)
-                    with frozen_bn_stats(model):
-                        loss_fn(model(xb), yb).backward()
-                    opt.second_step(zero_grad=True)
-                else:
-                    opt.step()
+                if world_size > 1:  # each process takes its share of the global batch
+                    share = len(xb) // world_size
+                    xb, yb = xb[rank * share:(rank + 1) * share], yb[rank * share:(rank + 1) * share]
+                if not sam:
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                        out = net(xb)
+                        loss = loss_fn(out, yb)
+                    (scaler.scale(loss) if scaler else loss).backward()
+                    if scaler:
+                        scaler.step(opt)
+                        scaler.update()
+                    else:
+                        opt.step()
                     opt.zero_grad()
+                elif config.m_sharpness:
+                    loss, out = m_sharpness_step(net, opt, loss_fn, xb, yb, config.m_sharpness)
+                elif amp_dtype is not None:
+                    loss, out, _ = amp_sam_step(net, opt, loss_fn, xb, yb, scaler=scaler, dtype=amp_dtype,
+                                                mode=config.perturbation)
+                else:
+                    loss, out = sam_step(net, opt, loss_fn, xb, yb, mode=config.perturbation)
                 sched.step()
-                loss_sum += loss.detach() * len(yb)
+                loss_sum += loss.detach().float() * len(yb)
                 if config.task == "classification":
                     correct += (out.argmax(1) == yb).sum()
                 seen += len(yb)
@@ -235,7 +267,7 @@ def train(config: TrainConfig, train_data: tuple, test_data: tuple | None = None
             bar.close()
     record = {"config": dataclasses.asdict(config), "history": history, "final": history[-1],
               "environment": environment_info(device), **(extra_record or {})}
-    if record_path is not None:
+    if record_path is not None and rank == 0:
         write_json_atomic(Path(record_path), record)
     record["model"] = model
     return record

@@ -28,3 +28,17 @@ def test_loop_reference_is_sam():
         runs.append([p.detach().clone() for p in params])
     for a, b in zip(*runs):
         torch.testing.assert_close(a, b)
+
+
+def test_optimizer_memory_accounts_for_buffers_and_statistics():
+    import torch
+    p = torch.nn.Parameter(torch.zeros(1000))
+    for name, stats in (("SAM", 0), ("InfoSAM", 2)):
+        opt = OPTIMIZERS[name]([p], torch.optim.SGD, lr=0.1, momentum=0.9)
+        p.grad = torch.ones(1000)
+        opt.first_step()
+        opt.second_step()
+        mem = bench.optimizer_memory(opt)
+        assert mem["params"] == 4000 and mem["base_state"] == 4000          # one momentum buffer
+        assert mem["running_stats"] == stats * 4000                          # InfoSAM: m and v
+        assert mem["working_buffers"] >= 3 * 4000                            # g, eps, w + eps
