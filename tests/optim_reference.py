@@ -16,6 +16,15 @@ def sgd_momentum(w, g, buf):
     return w - LR * buf, buf
 
 
+def _mean_and_noise(st, g, b, t):
+    """m_0 = g_0, v_0 = 0; v_t = b v + (1 - b)(g_t - m_{t-1})^2, then m_t = b m + (1 - b) g_t."""
+    if t == 0:
+        st["m"], st["v"] = g.clone(), torch.zeros_like(g)
+    else:
+        st["v"] = b * st["v"] + (1 - b) * (g - st["m"]) ** 2
+        st["m"] = b * st["m"] + (1 - b) * g
+
+
 def run_reference(name, hp, w0, grad_fn, steps):
     """Return the trajectory of w and the final running statistics of variant ``name``."""
     w, buf, rho, st = w0.clone(), None, hp["rho"], {}
@@ -50,23 +59,13 @@ def run_reference(name, hp, w0, grad_fn, steps):
                 st["m"] = hp["lmbda"] * st["m"] + (1 - hp["lmbda"]) * g
             eps = rho * d / d.norm()
         elif name == "InfoSAM":
-            b = hp["beta"]
-            if t == 0:
-                st["m"], st["v"] = g.clone(), torch.zeros_like(g)
-            else:
-                st["v"] = b * st["v"] + (1 - b) * (g - st["m"]) ** 2
-                st["m"] = b * st["m"] + (1 - b) * g
+            _mean_and_noise(st, g, hp["beta"], t)
             P = torch.tensor([1.0 if (mi * mi + vi) == 0 else max(hp["floor"], float(mi * mi / (mi * mi + vi)))
                               for mi, vi in zip(st["m"], st["v"])], dtype=g.dtype)
             base = st["m"] if hp.get("precondition_mean") else g
             eps = rho * P * base / (P * base).norm()
         elif name == "InverseVarianceSAM":
-            b = hp["beta"]
-            if t == 0:
-                st["m"], st["v"] = g.clone(), torch.zeros_like(g)
-            else:
-                st["v"] = b * st["v"] + (1 - b) * (g - st["m"]) ** 2
-                st["m"] = b * st["m"] + (1 - b) * g
+            _mean_and_noise(st, g, hp["beta"], t)
             damped = st["v"] + hp["damping"] * st["v"].mean()
             P = torch.ones_like(g) if float(damped.max()) == 0 else 1.0 / damped
             eps = rho * P * g / (P * g).norm()

@@ -1,15 +1,15 @@
 r"""Inverse-variance SAM: a comparison baseline for InfoSAM (not recommended for training)."""
 import torch
 
-from .base import PreconditionedSAM, check_range
+from .infosam import InfoSAM
 
 __all__ = ["InverseVarianceSAM"]
 
 
-class InverseVarianceSAM(PreconditionedSAM):
+class InverseVarianceSAM(InfoSAM):
     r"""Objective preconditioning by the inverse of the estimated gradient-noise variance.
 
-    With InfoSAM's running estimates :math:`m_t, v_t` (same update rule),
+    With InfoSAM's running estimates :math:`m_t, v_t` (inherited, same update rule),
 
     .. math::
 
@@ -27,20 +27,12 @@ class InverseVarianceSAM(PreconditionedSAM):
 
     def __init__(self, params, base_optimizer, rho: float = 0.05, beta: float = 0.9, damping: float = 0.1,
                  **base_kwargs):
-        check_range("beta", beta, 0.0, 1.0, high_open=True)
         if not damping > 0:
             raise ValueError(f"Invalid damping: {damping!r}. damping must be > 0.")
-        super().__init__(params, base_optimizer, rho=rho, variant_defaults=dict(beta=beta, damping=damping),
-                         **base_kwargs)
-
-    def gradient_estimate(self, g, w, state, group):
-        if "m" not in state:
-            state["m"], state["v"] = g.clone(), torch.zeros_like(g)
-        else:
-            m, v, beta = state["m"], state["v"], group["beta"]
-            v.lerp_(torch.sub(g, m, out=state.scratch("noise")).square_(), 1.0 - beta)
-            m.lerp_(g, 1.0 - beta)
-        return g
+        super().__init__(params, base_optimizer, rho=rho, beta=beta, **base_kwargs)
+        self.defaults["damping"] = damping
+        for group in self.param_groups:
+            group.setdefault("damping", damping)
 
     def preconditioner(self, g, w, state, group):
         v = state["v"]
