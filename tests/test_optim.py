@@ -409,3 +409,19 @@ def test_steps_make_no_host_sync_on_cuda(key):
             opt.second_step(zero_grad=True)
         finally:
             torch.cuda.set_sync_debug_mode(0)
+
+
+def test_parameters_gaining_and_losing_gradients():
+    a, b, c = (nn.Parameter(torch.randn(3, 2)) for _ in range(3))
+    opt = InfoSAM([a, b, c], torch.optim.SGD, rho=0.1, lr=0.1)
+    for with_grad in ([a, b], [a, c], [a, b, c], [c]):
+        has_grad = {id(p) for p in with_grad}
+        before = {id(p): p.detach().clone() for p in (a, b, c)}
+        for p in (a, b, c):
+            p.grad = torch.randn_like(p) if id(p) in has_grad else None
+        opt.first_step()
+        for p in (a, b, c):
+            moved = not torch.equal(p, before[id(p)])
+            assert moved == (id(p) in has_grad)    # only parameters with a gradient are perturbed
+        opt.second_step(zero_grad=True)
+        assert all(torch.isfinite(p).all() for p in (a, b, c))

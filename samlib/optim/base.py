@@ -116,7 +116,7 @@ class PreconditionedSAM(Optimizer):
 
     # ---- the scheme ------------------------------------------------------------------------
 
-    def _current_chunks(self) -> list["_Chunk"]:
+    def _current_chunks(self) -> list[tuple[dict, "_Chunk"]]:
         chunks = []
         for gi, group in enumerate(self.param_groups):
             by_kind: dict = {}
@@ -126,7 +126,7 @@ class PreconditionedSAM(Optimizer):
             for kind, params in by_kind.items():
                 key = (gi, kind)
                 chunk = self._chunks.get(key)
-                if chunk is None or chunk.params != params:
+                if chunk is None or chunk.ids != tuple(map(id, params)):  # ids: tensors' == is elementwise
                     chunk = self._chunks[key] = _Chunk(params, self.state)
                 chunks.append((group, chunk))
         return chunks
@@ -265,6 +265,7 @@ class _Chunk:
 
     def __init__(self, params: list[Tensor], optimizer_state):
         self.params = params
+        self.ids = tuple(map(id, params))
         self.sizes = [p.numel() for p in params]
         like = params[0]
         n = sum(self.sizes)
