@@ -20,7 +20,7 @@ from torch import Tensor
 
 __all__ = [
     "load_fashion_mnist", "load_cifar", "add_label_noise", "fashion_scenes", "to_float", "Batches",
-    "split_validation", "DataError", "FASHION_CLASSES", "DEBIAN_FASHION_MNIST", "bundled_path",
+    "split_validation", "augment_batch", "AUGMENTATIONS", "DataError", "FASHION_CLASSES", "DEBIAN_FASHION_MNIST", "bundled_path",
 ]
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -303,6 +303,35 @@ def fashion_scenes(n: int, seed: int, split: str = "train", size: int = 64, obje
     return (images, masks, clean) if return_clean else (images, masks)
 
 
+# ---- augmentation ---------------------------------------------------------------------------
+
+def augment_batch(x: Tensor, flip: bool = True, crop_pad: int = 4, cutout: int = 0) -> Tensor:
+    """The standard CIFAR augmentation on a float batch, vectorized on its device (global torch RNG):
+    random horizontal flips, random crops after ``crop_pad`` zero padding, and optionally Cutout
+    (DeVries & Taylor, 2017) with a ``cutout`` x ``cutout`` square of zeros centred anywhere."""
+    n, _, h, w = x.shape
+    if flip:
+        x = torch.where((torch.rand(n, 1, 1, 1, device=x.device) < 0.5), x.flip(-1), x)
+    if crop_pad:
+        padded = F.pad(x, (crop_pad,) * 4)
+        dy = torch.randint(0, 2 * crop_pad + 1, (n,), device=x.device)
+        dx = torch.randint(0, 2 * crop_pad + 1, (n,), device=x.device)
+        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+        x = padded[torch.arange(n, device=x.device)[:, None, None, None], torch.arange(x.shape[1], device=x.device)[None, :, None, None], rows, cols]
+    if cutout:
+        cy = torch.randint(0, h, (n, 1, 1, 1), device=x.device)
+        cx = torch.randint(0, w, (n, 1, 1, 1), device=x.device)
+        yy = torch.arange(h, device=x.device).view(1, 1, h, 1)
+        xx = torch.arange(w, device=x.device).view(1, 1, 1, w)
+        hole = ((yy - cy).abs() <= cutout // 2) & ((xx - cx).abs() <= cutout // 2)
+        x = x.masked_fill(hole, 0.0)
+    return x
+
+
+AUGMENTATIONS = {"flip-crop": dict(flip=True, crop_pad=4, cutout=0), "flip-crop-cutout": dict(flip=True, crop_pad=4, cutout=16)}
+
+
 # ---- batching -------------------------------------------------------------------------------
 
 def to_float(images: Tensor) -> Tensor:
@@ -317,7 +346,7 @@ def split_validation(n: int, fraction: float, seed: int) -> tuple[Tensor, Tensor
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"Invalid fraction: {fraction!r}. The validation fraction must lie in (0, 1).")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_val = round(fraction * n)
+    n_val = max(1, round(fraction * n))
     return perm[n_val:], perm[:n_val]
 
 

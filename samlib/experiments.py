@@ -11,6 +11,7 @@ Command line::
     python -m samlib.experiments run grid.json --out DIR   # a grid described in JSON (see Grid)
     python -m samlib.experiments grid --methods SGD SAM:rho=0.05,0.1 InfoSAM:rho=0.1 --noise 0 0.4 --seeds 0 1 2
     python -m samlib.experiments summarize DIR
+    python -m samlib.experiments preset cifar10-resnet18 --root DATA --out DIR   # literature recipe, GPU
 
 Each run writes ``DIR/records/<run id>.json`` atomically; a run whose record exists is skipped, so
 an interrupted grid resumes where it stopped and loses no finished run. ``DIR/summary.md`` and
@@ -36,7 +37,8 @@ from .modes import pick
 from .optim import OPTIMIZERS
 from .train import METHODS, TrainConfig, train, write_json_atomic
 
-__all__ = ["DataSpec", "Grid", "prepare_data", "run_grid", "summarize", "load_records", "run_id", "main"]
+__all__ = ["DataSpec", "Grid", "prepare_data", "run_grid", "summarize", "load_records", "run_id", "cifar_preset",
+           "PRESETS", "main"]
 
 
 @dataclass
@@ -52,6 +54,7 @@ class DataSpec:
     subset: bool | None = True        # Fashion-MNIST: True = the bundled subset (offline, reproducible)
     root: str | None = None           # where full datasets live
     data_seed: int = 0
+    verify: bool = True               # check the CIFAR archive's official md5
 
     def validate(self):
         if self.dataset not in ("fashion", "fashion_scenes", "cifar10", "cifar100"):
@@ -88,8 +91,8 @@ def prepare_data(spec: DataSpec, noise_rate: float = 0.0) -> dict:
             xt, yt = D.load_fashion_mnist("test", root=spec.root, subset=spec.subset)
             num_classes = 10
         else:
-            x, clean = D.load_cifar(spec.dataset, "train", root=spec.root)
-            xt, yt = D.load_cifar(spec.dataset, "test", root=spec.root)
+            x, clean = D.load_cifar(spec.dataset, "train", root=spec.root, verify=spec.verify)
+            xt, yt = D.load_cifar(spec.dataset, "test", root=spec.root, verify=spec.verify)
             num_classes = D.CIFAR[spec.dataset]["classes"]
         idx = _take(len(x), spec.n_train, seed_take)
         x, clean = x[idx], clean[idx]
@@ -115,6 +118,7 @@ class Grid:
     methods: dict = field(default_factory=lambda: {"SGD": {}, "SAM": {"rho": [0.05]}})
     noise_rates: list = field(default_factory=lambda: [0.0])
     seeds: list = field(default_factory=lambda: [0, 1, 2])
+    overrides: dict = field(default_factory=dict)       # per-method TrainConfig fields, e.g. weight decay
 
     @classmethod
     def from_dict(cls, d: dict) -> "Grid":
@@ -143,8 +147,9 @@ class Grid:
                 names = sorted(hp)
                 for values in itertools.product(*(hp[k] if isinstance(hp[k], list) else [hp[k]] for k in names)):
                     for seed in self.seeds:
+                        fields = {**self.train, **self.overrides.get(method, {})}
                         yield rate, TrainConfig(method=method, hparams=dict(zip(names, values)), seed=seed,
-                                                **self.train).validate()
+                                                **fields).validate()
 
 
 def _fmt(v) -> str:
@@ -288,6 +293,33 @@ def demo_grid() -> Grid:
     )
 
 
+def cifar_preset(dataset: str = "cifar10", model: str = "resnet18", root: str | None = None) -> Grid:
+    """The literature's CIFAR recipe (see the course's reference table; needs a GPU for 200 epochs).
+
+    ResNet-18 (lr 0.05) or WRN-28-10 (lr 0.1); batch 128; 200 epochs; cosine schedule; weight decay
+    5e-4 for SGD and 1e-3 for SAM-type methods; crop, flip and Cutout; 3 seeds. rho: SAM-type
+    methods use SAM's published value (0.05 on CIFAR-10, 0.1 on CIFAR-100), ASAM its own (0.5 / 1.0).
+    2% of the training set is held out for validation.
+    """
+    if dataset not in ("cifar10", "cifar100") or model not in ("resnet18", "wrn28-10"):
+        raise ValueError(f"Unknown preset {dataset}-{model}. Choose one of: {', '.join(PRESETS)}.")
+    rho = 0.05 if dataset == "cifar10" else 0.1
+    rho_asam = 0.5 if dataset == "cifar10" else 1.0
+    model_name, model_kwargs = ("resnet18", {}) if model == "resnet18" else ("wrn", {"depth": 28, "widen": 10})
+    sam_like = {"weight_decay": 1e-3}
+    methods = {"SGD": {}, "SAM": {"rho": [rho]}, "ASAM": {"rho": [rho_asam]}, "FisherSAM": {"rho": [rho]},
+               "VaSSO": {"rho": [rho]}, "FriendlySAM": {"rho": [rho]}, "InfoSAM": {"rho": [rho]}}
+    return Grid(name=f"{dataset}-{model}", data=DataSpec(dataset=dataset, n_train=None, val_fraction=0.02, root=root),
+                train=dict(model=model_name, model_kwargs=model_kwargs, epochs=200, batch_size=128,
+                           lr=0.05 if model == "resnet18" else 0.1, weight_decay=5e-4, schedule="cosine",
+                           augment="flip-crop-cutout"),
+                methods=methods, noise_rates=[0.0], seeds=[0, 1, 2],
+                overrides={m: sam_like for m in methods if m != "SGD"})
+
+
+PRESETS = {f"{d}-{m}": (d, m) for d in ("cifar10", "cifar100") for m in ("resnet18", "wrn28-10")}
+
+
 def _parse_method(text: str) -> tuple[str, dict]:
     """``SAM:rho=0.05,0.1;theta=0.9`` -> ("SAM", {"rho": [0.05, 0.1], "theta": [0.9]})."""
     name, _, rest = text.partition(":")
@@ -351,6 +383,18 @@ def main(argv=None):
     p_grid.add_argument("--m-sharpness", type=int, default=None, help="single process: chunk size m")
     p_grid.add_argument("--amp", default=None, choices=["bf16", "fp16"])
     p_grid.add_argument("--out", required=True)
+    p_pre = sub.add_parser("preset", help="a literature CIFAR recipe (GPU; CIFAR archives in --root)")
+    p_pre.add_argument("name", choices=sorted(PRESETS))
+    p_pre.add_argument("--root", default=None, help="folder with the CIFAR python-version archive (or $SAMLIB_DATA)")
+    p_pre.add_argument("--out", required=True)
+    p_pre.add_argument("--seeds", nargs="+", type=int, default=None)
+    p_pre.add_argument("--epochs", type=int, default=None)
+    p_pre.add_argument("--methods", nargs="+", default=None, help="a subset of the preset's methods")
+    p_pre.add_argument("--device", default=None)
+    p_pre.add_argument("--amp", default=None, choices=["bf16", "fp16"])
+    p_pre.add_argument("--perturbation", default="local", choices=["local", "synced"])
+    p_pre.add_argument("--batch-size", type=int, default=None, help="override (smoke tests)")
+    p_pre.add_argument("--steps-per-epoch", type=int, default=None, help="override (smoke tests)")
     p_sum = sub.add_parser("summarize", help="rewrite DIR/summary.md from DIR/records")
     p_sum.add_argument("out")
     args = parser.parse_args(argv)
@@ -364,6 +408,17 @@ def main(argv=None):
         grid = demo_grid()
     elif args.command == "run":
         grid = Grid.from_dict(json.loads(Path(args.config).read_text()))
+    elif args.command == "preset":
+        grid = cifar_preset(*PRESETS[args.name], root=args.root)
+        if args.methods:
+            unknown = set(args.methods) - set(grid.methods)
+            if unknown:
+                parser.error(f"--methods {sorted(unknown)} not in the preset ({', '.join(grid.methods)})")
+            grid.methods = {m: grid.methods[m] for m in args.methods}
+        grid.seeds = args.seeds or grid.seeds
+        grid.train.update({k: v for k, v in dict(epochs=args.epochs, device=args.device, amp=args.amp,
+                                                  perturbation=args.perturbation, batch_size=args.batch_size,
+                                                  steps_per_epoch=args.steps_per_epoch).items() if v is not None})
     else:
         methods = dict(_parse_method(m) for m in args.methods)
         for name in methods:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
-from .data import Batches, to_float
+from .data import AUGMENTATIONS, Batches, augment_batch, to_float
 from .models import build_model
 from .optim import OPTIMIZERS
 
@@ -62,6 +62,8 @@ class TrainConfig:
     perturbation: str = "local"               # under DDP: "local" (per-rank eps) or "synced" (see samlib.distributed)
     m_sharpness: int | None = None            # single process: chunks of m examples, each with its own eps
     amp: str | None = None                    # None | "bf16" | "fp16" (fp16 uses a GradScaler)
+    augment: str | None = None                # None | "flip-crop" | "flip-crop-cutout" (CIFAR recipes)
+    steps_per_epoch: int | None = None        # cap on steps per epoch (smoke tests); None: the whole data
 
     def validate(self):
         if self.method not in METHODS:
@@ -80,6 +82,8 @@ class TrainConfig:
             raise ValueError(f"Invalid amp {self.amp!r}. Choose None, 'bf16' or 'fp16'.")
         if self.m_sharpness is not None and (self.m_sharpness < 1 or self.batch_size % self.m_sharpness):
             raise ValueError(f"Invalid m_sharpness {self.m_sharpness}: it must divide batch_size={self.batch_size}.")
+        if self.augment is not None and self.augment not in AUGMENTATIONS:
+            raise ValueError(f"Invalid augment {self.augment!r}. Choose None or one of: {', '.join(AUGMENTATIONS)}.")
         if self.m_sharpness is not None and self.amp is not None:
             raise ValueError("m_sharpness and amp cannot be combined; choose one.")
         return self
@@ -189,13 +193,19 @@ def train(config: TrainConfig, train_data: tuple, test_data: tuple | None = None
         if config.batch_size % world_size:
             raise ValueError(f"batch_size={config.batch_size} must be divisible by the {world_size} processes.")
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    batches = Batches(x, y, config.batch_size, shuffle=True, seed=config.seed, device=device, drop_last=True)
+    augment = None
+    if config.augment is not None:
+        def augment(xb, spec=AUGMENTATIONS[config.augment]):
+            return augment_batch(xb, **spec)
+    batches = Batches(x, y, config.batch_size, shuffle=True, seed=config.seed, device=device, drop_last=True,
+                      augment=augment)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp)
     scaler = torch.amp.GradScaler(device.type) if config.amp == "fp16" else None
     if len(batches) == 0:
         raise ValueError(f"batch_size={config.batch_size} exceeds the {len(x)} training examples (the last partial "
                          "batch is dropped). Use a smaller batch_size or more data.")
-    total = config.epochs * len(batches)
+    steps = min(len(batches), config.steps_per_epoch or len(batches))
+    total = config.epochs * steps
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(config, total))
     sam = config.method != "SGD"
 
@@ -214,7 +224,9 @@ def train(config: TrainConfig, train_data: tuple, test_data: tuple | None = None
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.long)
             seen = 0
-            for xb, yb in batches:
+            for step, (xb, yb) in enumerate(batches):
+                if step == steps:
+                    break
                 if world_size > 1:  # each process takes its share of the global batch
                     share = len(xb) // world_size
                     xb, yb = xb[rank * share:(rank + 1) * share], yb[rank * share:(rank + 1) * share]
