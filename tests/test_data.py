@@ -1,8 +1,6 @@
 """samlib.data: bundled data, loader order and errors, CIFAR format, label noise, scenes, batching."""
 import gzip
 import hashlib
-import io
-import pickle
 import tarfile
 
 import numpy as np
@@ -10,6 +8,8 @@ import pytest
 import torch
 
 from samlib import data as D
+
+from synthetic_cifar import write_cifar_archive
 
 
 @pytest.fixture
@@ -101,28 +101,9 @@ def test_bad_split():
         D.load_fashion_mnist("validation")
 
 
-def _cifar_archive(tmp_path, name="cifar10"):
-    spec = D.CIFAR[name]
-    rng = np.random.default_rng(0)
-    buf = io.BytesIO()
-    parts = {}
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for part in spec["train"] + spec["test"]:
-            n = 4
-            batch = {b"data": rng.integers(0, 256, (n, 3072)).astype(np.uint8),
-                     spec["label_key"]: rng.integers(0, spec["classes"], n).tolist()}
-            payload = pickle.dumps(batch)
-            info = tarfile.TarInfo(f"{spec['folder']}/{part}")
-            info.size = len(payload)
-            tar.addfile(info, io.BytesIO(payload))
-            parts[part] = batch
-    (tmp_path / spec["archive"]).write_bytes(buf.getvalue())
-    return parts
-
-
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
 def test_cifar_python_archive(tmp_path, name, no_network):
-    parts = _cifar_archive(tmp_path, name)
+    parts = write_cifar_archive(tmp_path, name)
     spec = D.CIFAR[name]
     x, y = D.load_cifar(name, "train", root=tmp_path, verify=False)
     assert x.shape == (4 * len(spec["train"]), 3, 32, 32) and x.dtype == torch.uint8
@@ -134,7 +115,7 @@ def test_cifar_python_archive(tmp_path, name, no_network):
 
 
 def test_cifar_checksum_and_missing_errors(tmp_path):
-    _cifar_archive(tmp_path)
+    write_cifar_archive(tmp_path)
     with pytest.raises(D.DataError, match="md5"):
         D.load_cifar("cifar10", root=tmp_path)
     with pytest.raises(D.DataError, match="download=True"):
@@ -144,7 +125,7 @@ def test_cifar_checksum_and_missing_errors(tmp_path):
 
 
 def test_cifar_extracted_folder(tmp_path):
-    _cifar_archive(tmp_path)
+    write_cifar_archive(tmp_path)
     with tarfile.open(tmp_path / "cifar-10-python.tar.gz") as tar:
         tar.extractall(tmp_path / "x", filter="data")
     x, _ = D.load_cifar("cifar10", "test", root=tmp_path / "x")

@@ -1,35 +1,17 @@
 """The literature CIFAR presets, smoke-tested for one step each on tiny synthetic CIFAR-format archives."""
-import io
-import pickle
-import tarfile
-
-import numpy as np
 import pytest
 import torch
 
 from samlib import experiments as E
-from samlib.data import CIFAR, augment_batch
+from samlib.data import augment_batch
 
-
-def _archive(root, name, per_part=8):
-    spec = CIFAR[name]
-    rng = np.random.default_rng(0)
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for part in spec["train"] + spec["test"]:
-            batch = {b"data": rng.integers(0, 256, (per_part, 3072)).astype(np.uint8),
-                     spec["label_key"]: rng.integers(0, spec["classes"], per_part).tolist()}
-            payload = pickle.dumps(batch)
-            info = tarfile.TarInfo(f"{spec['folder']}/{part}")
-            info.size = len(payload)
-            tar.addfile(info, io.BytesIO(payload))
-    (root / spec["archive"]).write_bytes(buf.getvalue())
+from synthetic_cifar import write_cifar_archive
 
 
 @pytest.mark.parametrize("name", sorted(E.PRESETS))
 def test_preset_runs_a_few_steps(tmp_path, name):
     dataset, model = E.PRESETS[name]
-    _archive(tmp_path, dataset)
+    write_cifar_archive(tmp_path, dataset, per_part=8)
     grid = E.cifar_preset(dataset, model, root=str(tmp_path))
     assert grid.train["epochs"] == 200 and grid.train["batch_size"] == 128 and grid.train["augment"] == "flip-crop-cutout"
     assert grid.overrides["SAM"]["weight_decay"] == 1e-3 and "SGD" not in grid.overrides
