@@ -285,8 +285,8 @@ def demo_grid() -> Grid:
     """The README's main job: SGD vs SAM vs InfoSAM on bundled Fashion-MNIST with 40% label noise."""
     return Grid(
         name="demo",
-        data=DataSpec(dataset="fashion", n_train=pick(400, 2000), n_test=pick(500, 2000), subset=True),
-        train=dict(model="small_cnn", epochs=pick(2, 15), batch_size=128, lr=0.05, weight_decay=5e-4),
+        data=DataSpec(dataset="fashion", n_train=pick(400, 1500), n_test=pick(500, 1000), subset=True),
+        train=dict(model="small_cnn", epochs=pick(2, 12), batch_size=128, lr=0.05, weight_decay=5e-4),
         methods={"SGD": {}, "SAM": {"rho": [0.1]}, "InfoSAM": {"rho": [0.1]}},
         noise_rates=[0.4],
         seeds=pick([0], [0, 1]),

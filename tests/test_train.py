@@ -175,3 +175,10 @@ def test_cli_grid_and_summarize(tmp_path, capsys):
 def test_parse_method():
     assert E._parse_method("InfoSAM:rho=0.05,0.1;beta=0.9") == ("InfoSAM", {"rho": [0.05, 0.1], "beta": [0.9]})
     assert E._parse_method("SGD") == ("SGD", {})
+
+
+def test_readme_demo_runs_in_quick_mode(tmp_path, capsys):
+    summary = E.main(["demo", "--out", str(tmp_path / "demo")])
+    assert {r["method"] for r in summary["rows"]} == {"SGD", "SAM", "InfoSAM"}
+    assert (tmp_path / "demo" / "curves.png").exists()
+    assert "± " in capsys.readouterr().out
