@@ -398,8 +398,16 @@ def main(argv=None):
     p_sum = sub.add_parser("summarize", help="rewrite DIR/summary.md from DIR/records")
     p_sum.add_argument("out")
     args = parser.parse_args(argv)
-    init_from_env()  # under torchrun: one process per GPU (NCCL) or CPU (gloo)
+    distributed = init_from_env()  # under torchrun: one process per GPU (NCCL) or CPU (gloo)
+    try:
+        return _dispatch(args, parser)
+    finally:
+        if distributed:  # leave together, so no process tears down a connection another still uses
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
 
+
+def _dispatch(args, parser):
     if args.command == "summarize":
         summary = summarize(args.out)
         print(format_summary(summary))

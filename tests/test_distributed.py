@@ -213,5 +213,7 @@ def test_experiments_under_torchrun(tmp_path):
     assert len(records) == 1 and done.stdout.count("grid 'grid'") == 1      # rank 0 alone writes and logs
     record = json.loads(records[0].read_text())
     assert record["config"]["perturbation"] == "synced"
+    cmd[cmd.index("--master_port") + 1] = str(_free_port())
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert again.returncode == 0 and "record exists, skipped" in again.stdout
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "record exists, skipped" in again.stdout
