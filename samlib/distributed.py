@@ -128,11 +128,10 @@ def amp_sam_step(model: nn.Module, opt: PreconditionedSAM, loss_fn, x, y, scaler
         (scaler.scale(loss2) if scaler is not None else loss2).backward()
     opt.restore()                                      # exact w (no-op when not perturbed)
     if scaler is not None:
-        scaler.step(opt.base_optimizer)                # unscales; skips the step on inf/NaN
+        opt.base_step(lambda: scaler.step(opt.base_optimizer))   # unscales; skips the step on inf/NaN
         scaler.update()
     else:
-        opt.base_optimizer.step()
-    opt._opt_called = True
+        opt.base_step()
     opt.zero_grad()
     return loss.detach(), out.detach(), perturbed
 
@@ -166,7 +165,6 @@ def m_sharpness_step(model: nn.Module, opt: PreconditionedSAM, loss_fn, x, y, m:
                 t.add_(p.grad, alpha=1.0 / chunks)
     for p, t in zip(params, total):
         p.grad = t
-    opt.base_optimizer.step()
-    opt._opt_called = True
+    opt.base_step()
     opt.zero_grad()
     return torch.stack(losses).mean(), torch.cat(outs)

@@ -201,10 +201,15 @@ class PreconditionedSAM(Optimizer):
                 "backward pass at w, then second_step() after the backward pass at w + eps."
             )
         self.restore()
-        self.base_optimizer.step()
-        self._opt_called = True  # tells an LR scheduler attached to this wrapper that a step happened
+        self.base_step()
         if zero_grad:
             self.zero_grad()
+
+    def base_step(self, step=None):
+        """Step the base optimizer at the restored :math:`w`: ``step()`` if given (e.g. a GradScaler's
+        ``lambda: scaler.step(opt.base_optimizer)``), else ``base_optimizer.step()``."""
+        (step or self.base_optimizer.step)()
+        self._opt_called = True  # tells an LR scheduler attached to this wrapper that a step happened
 
     def step(self, closure=None):
         """One SAM step with a closure that zeroes grads, runs forward and backward, and returns the loss.
