@@ -28,7 +28,7 @@ from .models import build_model
 from .optim import OPTIMIZERS
 
 __all__ = ["TrainConfig", "train", "evaluate", "make_optimizer", "default_device", "environment_info",
-           "write_json_atomic", "segmentation_scores"]
+           "write_json_atomic", "segmentation_scores", "final_sharpness"]
 
 METHODS = ("SGD", *OPTIMIZERS)
 
@@ -64,6 +64,9 @@ class TrainConfig:
     amp: str | None = None                    # None | "bf16" | "fp16" (fp16 uses a GradScaler)
     augment: str | None = None                # None | "flip-crop" | "flip-crop-cutout" (CIFAR recipes)
     steps_per_epoch: int | None = None        # cap on steps per epoch (smoke tests); None: the whole data
+    eval_every: int = 1                       # evaluate (val/test/memorization) every k epochs and at the end
+    sharpness_examples: int = 0               # >0: top Hessian eigenvalue of the final training loss on
+                                              # this many training examples (eval mode), in ``final``
 
     def validate(self):
         if self.method not in METHODS:
@@ -86,6 +89,10 @@ class TrainConfig:
             raise ValueError(f"Invalid augment {self.augment!r}. Choose None or one of: {', '.join(AUGMENTATIONS)}.")
         if self.m_sharpness is not None and self.amp is not None:
             raise ValueError("m_sharpness and amp cannot be combined; choose one.")
+        if self.eval_every < 1:
+            raise ValueError(f"Invalid eval_every {self.eval_every}: evaluate every k >= 1 epochs.")
+        if self.sharpness_examples < 0:
+            raise ValueError(f"Invalid sharpness_examples {self.sharpness_examples}: use 0 (off) or a positive count.")
         return self
 
 
@@ -260,10 +267,11 @@ def train(config: TrainConfig, train_data: tuple, test_data: tuple | None = None
                    "train_loss": float(loss_sum) / seen}
             if config.task == "classification":
                 row["train_acc"] = int(correct) / seen
-            if clean is not None:
+            evaluating = (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs
+            if clean is not None and evaluating:
                 row.update(_memorization(model, x, y, clean, device))
             for name, data in (("val", val_data), ("test", test_data)):
-                if data is not None:
+                if data is not None and evaluating:
                     scores = evaluate(model, data[0], data[1], config.task, device=device, num_classes=num_classes)
                     row.update({f"{name}_{k}": v for k, v in scores.items()})
             history.append(row)
@@ -277,12 +285,28 @@ def train(config: TrainConfig, train_data: tuple, test_data: tuple | None = None
     finally:
         if bar is not None:
             bar.close()
+    if config.sharpness_examples:
+        history[-1]["top_hessian_eig"] = final_sharpness(model, x, y, config.sharpness_examples, device)
     record = {"config": dataclasses.asdict(config), "history": history, "final": history[-1],
               "environment": environment_info(device), **(extra_record or {})}
     if record_path is not None and rank == 0:
         write_json_atomic(Path(record_path), record)
     record["model"] = model
     return record
+
+
+def final_sharpness(model: nn.Module, x, y, examples: int, device, iters: int = 20, tol: float = 1e-3) -> float:
+    """Top Hessian eigenvalue of the mean training loss (the labels trained on, noisy or not) on the
+    first ``examples`` training examples, BatchNorm in eval mode; power iteration, seed 0."""
+    from .diagnostics import data_loss, top_hessian_eigenvalue
+    xs, ys = x[:examples].to(device), y[:examples].to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    def per_example_mean(out, target, reduction="sum"):  # segmentation: mean over pixels, like training
+        loss = F.cross_entropy(out, target, reduction="none")
+        return loss.reshape(len(loss), -1).mean(1).sum()
+    loss_fn = data_loss(model, xs, ys, batch_size=256, loss=per_example_mean)
+    eig, _ = top_hessian_eigenvalue(loss_fn, params, iters=iters, tol=tol)
+    return eig
 
 
 @torch.no_grad()

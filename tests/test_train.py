@@ -1,5 +1,6 @@
 """samlib.train and samlib.experiments: one loop for every method, records, resumable grids."""
 import json
+import math
 
 import pytest
 import torch
@@ -182,3 +183,114 @@ def test_readme_demo_runs_in_quick_mode(tmp_path, capsys):
     assert {r["method"] for r in summary["rows"]} == {"SGD", "SAM", "InfoSAM"}
     assert (tmp_path / "demo" / "curves.png").exists()
     assert "± " in capsys.readouterr().out
+
+
+def test_shards_split_the_grid_and_merge(tmp_path):
+    grid = _tiny_grid(noise_rates=[0.4])
+    ids = [E.run_id(rate, c) for rate, c in grid.runs()]
+    E.run_grid(grid, tmp_path, progress=False, log=lambda *_: None, shard=(1, 2))
+    done = sorted(p.stem for p in (tmp_path / "records").glob("*.json"))
+    assert done == sorted(ids[1::2])
+    summary = E.run_grid(grid, tmp_path, progress=False, log=lambda *_: None, shard=(0, 2))
+    assert sorted(p.stem for p in (tmp_path / "records").glob("*.json")) == sorted(ids)
+    assert sum(len(r["seeds"]) for r in summary["rows"]) == len(ids)
+    with pytest.raises(ValueError, match="shard"):
+        E.run_grid(grid, tmp_path, shard=(2, 2))
+    with pytest.raises(SystemExit):
+        E.main(["run", "x.json", "--out", str(tmp_path), "--shard", "3"])
+
+
+def _fake_record(method, hp, seed, rate, test_acc, val_acc):
+    return {"config": {"method": method, "hparams": hp, "seed": seed}, "noise_rate": rate,
+            "final": {"val_acc": val_acc, "test_acc": test_acc}, "history": [{"epoch_time": 1.0}]}
+
+
+def test_paired_differences_use_selected_settings_and_pair_by_seed():
+    recs = []
+    for seed, (sgd, sam_a, sam_b, info) in enumerate([(0.70, 0.75, 0.60, 0.76), (0.72, 0.78, 0.61, 0.77),
+                                                      (0.71, 0.74, 0.62, 0.77)]):
+        recs += [_fake_record("SGD", {}, seed, 0.4, sgd, 0.5), _fake_record("InfoSAM", {"rho": 0.1}, seed, 0.4, info, 0.5),
+                 _fake_record("SAM", {"rho": 0.1}, seed, 0.4, sam_a, 0.6),   # selected on validation
+                 _fake_record("SAM", {"rho": 0.5}, seed, 0.4, sam_b, 0.4)]
+    summary = E.summarize("/nonexistent", recs)
+    by_pair = {(p["a"], p["b"]): p for p in summary["paired"]}
+    sam_sgd = by_pair[("SAM", "SGD")]
+    assert sam_sgd["diffs"] == pytest.approx([0.05, 0.06, 0.03])
+    d = torch.tensor(sam_sgd["diffs"], dtype=torch.float64)
+    half = 4.3027 * float(d.std()) / 3 ** 0.5
+    assert sam_sgd["ci95"] == pytest.approx((float(d.mean()) - half, float(d.mean()) + half))
+    assert by_pair[("InfoSAM", "SAM")]["diffs"] == pytest.approx([0.01, -0.01, 0.03])
+    assert "InfoSAM − SAM" in E.format_summary(summary)
+
+
+def test_t_table_matches_the_student_t_distribution():
+    # integrate the Student-t density from 0 to t_{0.975, df}: the mass must be 0.475
+    for df in (1, 2, 3, 5, 10, 30):
+        t = E.T975[df - 1]
+        x = torch.linspace(0, t, 200001, dtype=torch.float64)
+        log_c = (torch.lgamma(torch.tensor((df + 1) / 2, dtype=torch.float64)) -
+                 torch.lgamma(torch.tensor(df / 2, dtype=torch.float64)) - 0.5 * math.log(df * math.pi))
+        pdf = torch.exp(log_c - (df + 1) / 2 * torch.log1p(x ** 2 / df))
+        assert float(torch.trapezoid(pdf, x)) == pytest.approx(0.475, abs=2e-5), df
+
+
+def test_final_sharpness_is_recorded_and_matches_the_diagnostic(tiny):
+    from samlib.diagnostics import data_loss, top_hessian_eigenvalue
+    (x, y), _ = tiny
+    cfg = TrainConfig(model="small_cnn", model_kwargs={"width": 4}, epochs=1, batch_size=32, device="cpu",
+                      sharpness_examples=64)
+    rec = train(cfg, (x, y), progress=False)
+    eig = rec["final"]["top_hessian_eig"]
+    model = rec["model"]
+    ref, _ = top_hessian_eigenvalue(data_loss(model, x[:64], y[:64]), list(model.parameters()), iters=20, tol=1e-3)
+    assert eig == pytest.approx(ref, rel=1e-6) and eig > 0
+    with pytest.raises(ValueError, match="sharpness_examples"):
+        TrainConfig(sharpness_examples=-1).validate()
+
+
+def test_scene_size_scales_scenes():
+    d = E.prepare_data(E.DataSpec(dataset="fashion_scenes", n_train=20, n_test=8, scene_size=32), 0.0)
+    assert d["train"][0].shape[-2:] == (32, 32) and d["test"][1].shape[-2:] == (32, 32)
+    fg = float((d["train"][1] > 0).float().mean())
+    assert 0.15 < fg < 0.8  # garments still fill a good part of the canvas
+    with pytest.raises(ValueError, match="scene_size"):
+        E.prepare_data(E.DataSpec(dataset="fashion_scenes", n_train=4, scene_size=30))
+
+
+def test_eval_every_evaluates_on_schedule_and_at_the_end(tiny):
+    train_data, test_data = tiny
+    cfg = TrainConfig(model="small_cnn", model_kwargs={"width": 4}, epochs=5, batch_size=64, device="cpu", eval_every=2)
+    rec = train(cfg, train_data, test_data, progress=False)
+    assert [h["epoch"] for h in rec["history"] if "test_acc" in h] == [2, 4, 5]
+    assert all("train_loss" in h for h in rec["history"]) and "test_acc" in rec["final"]
+    with pytest.raises(ValueError, match="eval_every"):
+        TrainConfig(eval_every=0).validate()
+
+
+def test_saved_models_reproduce_their_records(tmp_path):
+    grid = _tiny_grid(noise_rates=[0.4], methods={"SAM": {"rho": [0.05]}}, save_models=[1])
+    E.run_grid(grid, tmp_path, progress=False, log=lambda *_: None)
+    assert sorted(p.name for p in (tmp_path / "models").glob("*")) == ["noise0.4_SAM-rho0.05_seed1.pt"]
+    rec = next(r for r in E.load_records(tmp_path) if r["config"]["seed"] == 1)
+    model = E.load_model(tmp_path, rec)
+    xt, yt = E.prepare_data(grid.data, 0.4)["test"]
+    assert evaluate(model, xt, yt)["acc"] == rec["final"]["test_acc"]
+    with pytest.raises(FileNotFoundError, match="save_models"):
+        E.load_model(tmp_path, next(r for r in E.load_records(tmp_path) if r["config"]["seed"] == 0))
+
+
+def test_mean_curve_averages_evaluated_epochs():
+    recs = [{"history": [{"epoch": 1}, {"epoch": 2, "test_acc": 0.5}, {"epoch": 3, "test_acc": 0.7}]},
+            {"history": [{"epoch": 1}, {"epoch": 2, "test_acc": 0.3}, {"epoch": 3, "test_acc": 0.9}]}]
+    assert E.mean_curve(recs, "test_acc") == ([2, 3], [pytest.approx(0.4), pytest.approx(0.8)])
+
+
+def test_seeds_per_noise_adds_seeds_to_one_noise_rate():
+    grid = _tiny_grid(seeds=[0, 1], seeds_per_noise={"0.4": [0, 1, 2]})
+    seeds = {}
+    for rate, config in grid.runs():
+        seeds.setdefault((rate, config.method, json.dumps(config.hparams)), []).append(config.seed)
+    assert {k: v for k, v in seeds.items() if k[0] == 0.4} == {k: [0, 1, 2] for k in seeds if k[0] == 0.4}
+    assert all(v == [0, 1] for k, v in seeds.items() if k[0] == 0.0)
+    with pytest.raises(ValueError, match="seeds_per_noise"):
+        _tiny_grid(seeds_per_noise={"0.3": [0]}).validate()
