@@ -255,13 +255,15 @@ def add_label_noise(labels: Tensor, rate: float, num_classes: int, seed: int,
 # ---- segmentation scenes --------------------------------------------------------------------
 
 def fashion_scenes(n: int, seed: int, split: str = "train", size: int = 64, objects: tuple[int, int] = (2, 4),
-                   scale: tuple[float, float] = (0.9, 1.6), mask_noise: float = 0.0, source=None,
+                   scale: tuple[float, float] | None = None, mask_noise: float = 0.0, source=None,
                    return_clean: bool = False, subset: bool | None = True):
     """Scenes of 2-4 real Fashion-MNIST garments pasted on a textured ``size x size`` canvas.
 
     Returns ``(images, masks)``: images float n x 1 x size x size in [0, 1]; masks int64
     n x size x size with 0 = background and 1..10 = garment class + 1. Garments get a random
     position, scale (relative to 28 px) and paste order, so later ones occlude earlier ones.
+    ``scale=None`` is (0.9, 1.6) on a 64-pixel canvas, shrunk in proportion on smaller ones, so
+    garments fill the same fraction of any canvas.
     The images are real garments; the masks are *derived* (a pixel belongs to a garment where its
     intensity exceeds 0.1). ``mask_noise`` relabels that fraction of whole objects with a wrong
     class in the mask (images untouched); ``return_clean=True`` also returns the clean masks.
@@ -269,6 +271,8 @@ def fashion_scenes(n: int, seed: int, split: str = "train", size: int = 64, obje
     """
     if not 0.0 <= mask_noise < 1.0:
         raise ValueError(f"Invalid mask_noise: {mask_noise!r}. It must lie in [0, 1).")
+    if scale is None:
+        scale = (0.9 * size / 64, 1.6 * size / 64)
     garments, classes = source if source is not None else load_fashion_mnist(split, subset=subset)
     garments = to_float(garments)
     gen = torch.Generator().manual_seed(seed)

@@ -86,10 +86,9 @@ def prepare_data(spec: DataSpec, noise_rate: float = 0.0) -> dict:
         n_train, n_test = spec.n_train or 2000, spec.n_test or 1000
         garments_tr = D.load_fashion_mnist("train", root=spec.root, subset=spec.subset)
         garments_te = D.load_fashion_mnist("test", root=spec.root, subset=spec.subset)
-        geometry = dict(size=spec.scene_size, scale=(0.9 * spec.scene_size / 64, 1.6 * spec.scene_size / 64))
         x, y, clean = D.fashion_scenes(n_train, seed_take, source=garments_tr, mask_noise=noise_rate,
-                                       return_clean=True, **geometry)
-        xt, yt = D.fashion_scenes(n_test, seed_test, source=garments_te, **geometry)
+                                       return_clean=True, size=spec.scene_size)
+        xt, yt = D.fashion_scenes(n_test, seed_test, source=garments_te, size=spec.scene_size)
         task, num_classes = "segmentation", 11
     else:
         if spec.dataset == "fashion":
@@ -393,7 +392,7 @@ def demo_grid() -> Grid:
     """The README's main job: SGD vs SAM vs InfoSAM in chapter 07's setting at 40% label noise.
 
     Two of chapter 07's seeds (one in quick mode), each method at the rho chapter 07 chose on
-    validation for this noise level; about 5 minutes on a 2-core CPU.
+    validation for this noise level; about 3 minutes on a 2-core CPU.
     """
     setting = classification_grid()
     rho = 0.15  # chapter 07's validation choice at 40% noise, for both SAM and InfoSAM
@@ -407,7 +406,7 @@ def classification_grid() -> Grid:
 
     Standard mode (the committed records): a width-16 SmallCNN (about 24k parameters) on 1500
     bundled Fashion-MNIST images (20% held out for choosing rho) for 40 epochs: long enough for
-    SGD to start memorizing flipped labels, small enough for a 2-core CPU in about an hour.
+    SGD to start memorizing flipped labels, small enough for a 2-core CPU in about two hours (143 runs).
     Every SAM-type method gets two rho values (ASAM's scale-invariant rho is about 10x larger);
     the chapter reports each at the rho with the best mean validation accuracy.
     Quick mode: the same pipeline at toy size, for the tests.

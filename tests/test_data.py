@@ -175,6 +175,16 @@ def test_fashion_scenes_are_deterministic_and_consistent():
     assert objects > 0.1                                   # garments cover a real part of the canvas
 
 
+def test_default_garment_scale_follows_the_canvas():
+    source = D.load_fashion_mnist("train", subset=True)
+    for size, scale in ((64, (0.9, 1.6)), (32, (0.45, 0.8))):
+        assert torch.equal(D.fashion_scenes(8, seed=0, size=size, source=source)[1],
+                           D.fashion_scenes(8, seed=0, size=size, scale=scale, source=source)[1])
+    small = (D.fashion_scenes(64, seed=0, size=32, source=source)[1] > 0).float().mean()
+    large = (D.fashion_scenes(64, seed=0, size=64, source=source)[1] > 0).float().mean()
+    assert abs(float(small - large)) < 0.05  # the same fraction of the canvas at either size
+
+
 def test_mask_noise_zero_gives_clean_masks():
     _, m, clean = D.fashion_scenes(16, seed=0, return_clean=True)
     assert torch.equal(m, clean)
