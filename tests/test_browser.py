@@ -3,8 +3,8 @@
 * Widgets: one JupyterLab server for the module (a free local port, a token, a scratch copy of
   ``chapters/`` so nothing is saved into the checkout). Every notebook whose code calls
   ``widgets.show(...)`` is found from the sources; for each, the test runs all cells in quick mode,
-  asserts no cell failed, then finds every slider of every widget on the page, drags it, and asserts
-  the widget's figure changed (its rendered image before and after).
+  asserts no cell failed, then finds every widget on the page and every slider (or drop-down) of
+  each, moves it, and asserts the widget's figure changed (its rendered image before and after).
 * Book: ``sphinx-build -c book . OUT`` in quick mode (once for the module, in the background while
   the widget tests run), then every page is opened with all non-local requests blocked: it loads,
   its figures decode, its maths is typeset by the bundled MathJax (no raw ``$...$`` left), and it
@@ -296,21 +296,23 @@ _RUN_ALL = """async ([path, seconds]) => {
 }"""
 
 _FIND_WIDGETS = """() => {
-  // A course widget: a top-level box with sliders and an output area holding its figure.
+  // A course widget: a top-level widget box with controls (sliders, drop-downs) and a figure.
+  const CONTROLS = '.widget-slider, .widget-dropdown';
   const boxes = [...document.querySelectorAll('.jp-OutputArea-output .widget-box')].filter(b =>
-      b.querySelector('.widget-slider') && b.querySelector('.widget-output') &&
+      b.querySelector(CONTROLS) && (b.querySelector('.widget-output') || b.querySelector('img')) &&
       !b.parentElement.closest('.widget-box'));
-  boxes.forEach((b, i) => {
+  return boxes.map((b, i) => {
     b.setAttribute('data-test-box', i);
-    b.querySelectorAll('.widget-slider').forEach((s, j) => s.setAttribute('data-test-slider', j));
+    return [...b.querySelectorAll(CONTROLS)].map((c, j) => {
+      c.setAttribute('data-test-control', j);
+      return c.classList.contains('widget-dropdown') ? 'dropdown' : 'slider';
+    });
   });
-  return boxes.map(b => b.querySelectorAll('.widget-slider').length);
 }"""
 
 _FIGURE = """box => {
-  const img = box.querySelector('.widget-output img');
-  const out = box.querySelector('.widget-output');
-  const text = out ? out.innerText : '';
+  const img = box.querySelector('img');
+  const text = [...box.querySelectorAll('.widget-output')].map(o => o.innerText).join('\\n');
   return {src: img && img.complete && img.naturalWidth > 0 ? img.src : null,
           traceback: /Traceback|\\w+Error\\b/.test(text) ? text.slice(0, 2000) : null};
 }"""
@@ -339,22 +341,29 @@ def _shutdown_kernels(base, token):
             urllib.request.urlopen(req, timeout=30).close()
 
 
-def _drag(page, slider):
-    """Drag the slider's handle to the far side of its track (as a person would, with the mouse)."""
-    handle = slider.locator(".noUi-handle").first
-    track = slider.locator(".noUi-base, .noUi-target").first
+def _move(page, control, kind):
+    """Move a control as a person would: drag a slider's handle to the far side of its track with
+    the mouse, or pick the next option of a drop-down."""
+    if kind == "dropdown":
+        select = control.locator("select")
+        n, i = select.evaluate("s => [s.options.length, s.selectedIndex]")
+        select.select_option(index=(i + 1) % n)
+        return
+    handle = control.locator(".noUi-handle").first
+    track = control.locator(".noUi-target").first
     h, t = handle.bounding_box(), track.bounding_box()
     x0, y0 = h["x"] + h["width"] / 2, h["y"] + h["height"] / 2
-    frac = (x0 - t["x"]) / t["width"]
-    x1 = t["x"] + t["width"] * (0.2 if frac > 0.5 else 0.8)
+    x1 = t["x"] + t["width"] * (0.2 if (x0 - t["x"]) / t["width"] > 0.5 else 0.8)
     page.mouse.move(x0, y0)
     page.mouse.down()
     page.mouse.move(x1, y0, steps=8)
     page.mouse.up()
 
 
-def _readout(slider):
-    return slider.locator(".widget-readout").first.inner_text().strip()
+def _value(control, kind):
+    if kind == "dropdown":
+        return control.locator("select").input_value()
+    return control.locator(".widget-readout").first.inner_text().strip()
 
 
 @pytest.mark.parametrize("path", WIDGET_NOTEBOOKS, ids=lambda p: str(p.relative_to(CHAPTERS)))
@@ -378,31 +387,28 @@ def test_widgets_respond_in_jupyterlab(path, browser, lab, shots):
         assert not not_run, f"{rel}: cells did not run: {not_run}"
         assert result["status"] == "idle", f"{rel}: kernel {result['status']}"
 
-        page.wait_for_selector(".widget-output img", state="attached", timeout=120_000)
-        sliders_per_box = page.evaluate(_FIND_WIDGETS)
-        assert len(sliders_per_box) >= len(names), f"{rel}: {len(names)} widgets shown, {len(sliders_per_box)} rendered"
+        page.wait_for_selector(".widget-box img", state="attached", timeout=120_000)
+        widgets = page.evaluate(_FIND_WIDGETS)
+        assert len(widgets) >= len(names), f"{rel}: {len(names)} widgets shown ({names}), {len(widgets)} rendered"
         stem = rel.replace("/", "_").removesuffix(".ipynb")
-        for i, n_sliders in enumerate(sliders_per_box):
-            assert n_sliders >= 1
+        for i, kinds in enumerate(widgets):
             box = page.locator(f'[data-test-box="{i}"]')
             box.scroll_into_view_if_needed()
             src = _wait_figure(box.element_handle(), None)
             assert src, f"{rel}: widget {i} drew no figure"
             box.screenshot(path=shots / f"{stem}_widget{i}_0_initial.png")
-            for j in range(n_sliders):
-                slider = box.locator(f'[data-test-slider="{j}"]')
-                before_value = _readout(slider)
-                figure = box.locator(".widget-output").first
-                before_png = figure.screenshot()
-                _drag(page, slider)
-                after_value = _readout(slider)
-                assert after_value != before_value, f"{rel}: widget {i} slider {j} did not move ({before_value})"
+            for j, kind in enumerate(kinds):
+                control = box.locator(f'[data-test-control="{j}"]')
+                figure = box.locator("img").first
+                before_value, before_png = _value(control, kind), figure.screenshot()
+                _move(page, control, kind)
+                after_value = _value(control, kind)
+                assert after_value != before_value, f"{rel}: widget {i}: {kind} {j} did not move ({before_value})"
                 new = _wait_figure(box.element_handle(), src)
-                assert new, f"{rel}: widget {i}: the figure did not change when slider {j} moved {before_value} -> {after_value}"
+                assert new, f"{rel}: widget {i}: the figure did not change when {kind} {j} moved {before_value} -> {after_value}"
                 page.wait_for_timeout(200)
-                after_png = figure.screenshot()
-                assert after_png != before_png, f"{rel}: widget {i}: the rendered figure looks the same after slider {j} moved"
-                box.screenshot(path=shots / f"{stem}_widget{i}_{j + 1}_slider{j}_{after_value}.png")
+                assert figure.screenshot() != before_png, f"{rel}: widget {i}: the figure looks the same after {kind} {j} moved"
+                box.screenshot(path=shots / f"{stem}_widget{i}_{j + 1}_{kind}{j}_{after_value}.png")
                 src = new
         page.screenshot(path=shots / f"{stem}_lab.png")
     finally:
@@ -429,11 +435,16 @@ _PAGE = """async () => {
     untypeset: maths.filter(m => !m.querySelector('mjx-container')).map(m => m.textContent.slice(0, 80)),
     merrors: [...main.querySelectorAll('mjx-merror')].map(e => e.textContent.slice(0, 80)),
     mathjax: !!(window.MathJax && MathJax.version),
+    tex: window.MathJax && MathJax.startup && MathJax.startup.document
+         ? [...MathJax.startup.document.math].map(m => m.math) : [],
     text: clone.innerText,
     tracebacks: [...main.querySelectorAll('.output.traceback, .output.error, .cell_output .traceback')].length,
   };
 }"""
 
+# LaTeX written in a non-raw Python string: "\\nabla" became a newline + "abla", "\\rho" a carriage
+# return + "ho", "\\theta" a tab + "heta"... MathJax typesets these without an error.
+DAMAGED_TEX = re.compile(r"[\x00-\x08\x0b-\x1f]|[\n\t](abla|ho\b|heta|au\b|imes|ext|ilde|frac|op\b|riangle|eq\b|eg\b|ewline|otin)")
 RAW_MATH = re.compile(r"(?<![\\\w])\$[^$\s][^$\n]{0,200}?\$|\$\$|\\\(|\\\[|\\begin\{")
 
 
@@ -469,6 +480,8 @@ def test_book_page(page, book, browser, shots):
         assert info["mathjax"], f"{page}: MathJax did not load"
     assert not info["untypeset"], f"{page}: maths left untypeset: {info['untypeset'][:3]}"
     assert not info["merrors"], f"{page}: MathJax errors: {info['merrors'][:3]}"
+    damaged = [t for t in info["tex"] if DAMAGED_TEX.search(t)]
+    assert not damaged, f"{page}: maths with control characters (a lost backslash escape?): {damaged[:3]}"
     raw = RAW_MATH.findall(info["text"])
     assert not raw, f"{page}: raw LaTeX left in the text: {raw[:5]}"
     assert info["tracebacks"] == 0 and "Traceback (most recent call last)" not in info["text"], f"{page}: error output"
