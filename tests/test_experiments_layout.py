@@ -61,7 +61,8 @@ def test_statistics_and_reports_import_no_torch():
     assert done.returncode == 0, done.stderr
     # and the check can fail: a name from the runner does bring torch in
     done = subprocess.run([sys.executable, "-c", "import sys; from samlib.experiments import run_grid; "
-                           "assert 'torch' not in sys.modules"], cwd=ROOT, capture_output=True, text=True)
+                           "assert 'torch' not in sys.modules"], cwd=ROOT, capture_output=True, text=True,
+                          encoding="utf-8")
     assert done.returncode != 0
 
 

@@ -35,7 +35,7 @@ def test_train_records_history_and_is_reproducible(tiny, tmp_path, method, hp):
         assert key in row
     strip = [{k: v for k, v in h.items() if k != "epoch_time"} for h in r1["history"]]
     assert strip == [{k: v for k, v in h.items() if k != "epoch_time"} for h in r2["history"]]
-    saved = json.loads((tmp_path / "r.json").read_text())
+    saved = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
     assert saved["config"]["method"] == method and saved["environment"]["torch"] == torch.__version__
     assert saved["final"]["test_acc"] == row["test_acc"]
     assert row["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine schedule ends at 0
@@ -134,7 +134,7 @@ def test_grid_runs_resumes_and_summarizes(tmp_path, monkeypatch):
     mean = sum(accs) / 2
     std = (sum((a - mean) ** 2 for a in accs) / 1) ** 0.5
     assert row["test_acc"] == pytest.approx((mean, std))
-    assert "±" in (tmp_path / "summary.md").read_text()
+    assert "±" in (tmp_path / "summary.md").read_text(encoding="utf-8")
     # rho is selected on validation accuracy, per noise rate and method
     for sel in summary["selected"]:
         rivals = [r for r in summary["rows"] if r["method"] == sel["method"] and r["noise_rate"] == sel["noise_rate"]]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -40,6 +41,17 @@ def _parse_method(text: str) -> tuple[str, dict]:
         key, _, values = part.partition("=")
         hp[key] = [json.loads(v) for v in values.split(",")]
     return name, hp
+
+
+def _utf8_output() -> None:
+    """The tables print "±" and "−": where stdout/stderr cannot encode them (a pipe or file under a
+    cp1252 or ASCII locale), switch them to UTF-8 instead of failing after the grid has run."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            "±−".encode(stream.encoding)
+        except (UnicodeEncodeError, LookupError, TypeError, AttributeError):
+            if hasattr(stream, "reconfigure"):
+                stream.reconfigure(encoding="utf-8")
 
 
 def main(argv=None):
@@ -89,6 +101,7 @@ def main(argv=None):
     p_sum = sub.add_parser("summarize", help="rewrite DIR/summary.md from DIR/records")
     p_sum.add_argument("out")
     args = parser.parse_args(argv)
+    _utf8_output()
     distributed = init_from_env()  # under torchrun: one process per GPU (NCCL) or CPU (gloo)
     try:
         return _dispatch(args, parser)
