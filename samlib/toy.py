@@ -153,8 +153,8 @@ def synthetic_alignment(noise: float, beta: float = 0.9, dim: int = 200, steps: 
 
 class NonconvexProblem:
     r""":math:`L(w) = \sum_i \big(\tfrac12 w_i^2 + a\cos w_i\big)`, nonconvex for :math:`a > 1`, with smoothness
-    constant :math:`\ell = 1 + a` (attribute ``ell``; ``L`` is an alias kept for old code), bounded below, and stochastic
-    gradients :math:`\nabla L(w) + \sigma\xi`, :math:`\xi\sim N(0, I)`.
+    constant :math:`\ell = 1 + a` (attribute ``ell``; ``L`` is an alias kept for old code), bounded below, and
+    stochastic gradients :math:`\nabla L(w) + \sigma\xi`, :math:`\xi\sim N(0, I)`.
 
     Each coordinate has a maximum at 0 and minima at :math:`\pm w^*` (:math:`w^* = a\sin w^*`, 1.895 for
     :math:`a = 2`); the curvature :math:`1 - a\cos w_i` is negative for :math:`|w_i| < \arccos(1/a)`.

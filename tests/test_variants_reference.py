@@ -3,8 +3,8 @@ authors' official code, never from samlib's own formulas (chapter 03's identific
 
 Each reference below follows its source's arithmetic (read, not copied):
 
-- ASAM: ``SamsungLabs/ASAM``, ``asam.py``: only parameters whose *name* contains ``"weight"`` get
-  T = |w| + eta; every other parameter (biases) has T = 1; eps = rho T^2 g / (||T g|| + 1e-16).
+- ASAM: ``SamsungLabs/ASAM``, ``asam.py``: only parameters whose *name* contains ``"weight"`` get the factor
+  C^-1 = |w| + eta; every other parameter (biases) has C^-1 = 1; eps = rho C^-2 g / (||C^-1 g|| + 1e-16).
 - Fisher-SAM: Kim et al. (ICML 2022), Algorithm 1: f = 1 + eta g^2, eps = gamma f^-1 g / sqrt(g^T f^-1 g).
 - SSAM-F: ``Mi-Peng/Sparse-Sharpness-Aware-Minimization``, ``solver/sam.py``: the mask keeps the
   int(N (1 - sparsity)) largest entries of the sum of squared *per-sample* gradients over ``num_samples``
@@ -151,7 +151,8 @@ def test_asam_bias_scaling_is_samlibs_simplification():
 
 
 def test_asam_is_cp_same_direction_as_op_with_t_squared():
-    """Chapter 03's proposition on samlib's ASAM: its direction is OP's with P = T^2; radius rho ||T^2 g||/||T g||."""
+    """Chapter 03's proposition on samlib's ASAM: its direction is OP's with P = C^-2, and its radius is
+    rho ||C^-2 g|| / ||C^-1 g||."""
     model = small_net(bias=False)
     grads = set_grads(model)
     g = torch.cat([grads[n].flatten() for n, _ in model.named_parameters()])
@@ -256,9 +257,9 @@ def test_friendly_sam_equals_official_code(sigma, lmbda):
 
 
 def test_reference_catches_a_wrong_variant():
-    """The references are sharp enough to reject a near miss: an OP variant with P = T (ASAM's T once,
+    """The references are sharp enough to reject a near miss: an OP variant with P = C^-1 (ASAM's factor once,
     not twice) is not ASAM."""
-    class OnceT(PreconditionedSAM):
+    class Once(PreconditionedSAM):
         preconditioning = "OP"
         uses_weights = True
 
@@ -269,5 +270,5 @@ def test_reference_catches_a_wrong_variant():
     grads = set_grads(model)
     ref = asam_official(grads, dict(model.named_parameters()), rho=0.5, eta=0.01)
     ref_flat = torch.cat([ref[n].flatten() for n, _ in model.named_parameters()])
-    wrong = samlib_eps(OnceT(model.parameters(), torch.optim.SGD, rho=0.5, lr=0.1))
+    wrong = samlib_eps(Once(model.parameters(), torch.optim.SGD, rho=0.5, lr=0.1))
     assert cosine(wrong, ref_flat) < 1 - 1e-4
