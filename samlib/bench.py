@@ -6,8 +6,12 @@ Two tables:
    variant on ResNet-18-shaped parameters, divided by the same for a plain per-parameter-loop SAM
    written below as the reference (the layout of the most common public implementation). The
    "SAM part" subtracts the base SGD step, timed alone on the same parameters.
-2. End to end: time per training step of each variant divided by one SGD step, on the small CNN
+2. Persistent memory: what each optimizer holds between steps, in multiples of the parameters.
+3. End to end: time per training step of each variant divided by one SGD step, on the small CNN
    with batch 128. Two forward-backward passes put the floor at about 2.0.
+
+Timings on a shared machine are noisy: the entries are timed round-robin (so drift hits all alike)
+and the medians reported; run it on a quiet machine and say how many threads it used.
 """
 from __future__ import annotations
 
@@ -131,8 +135,9 @@ def end_to_end(device, repeats: int, batch: int = 128) -> dict[str, float]:
 
 
 def optimizer_memory(opt) -> dict[str, int]:
-    """Bytes held by a samlib optimizer after a step: its working buffers (flat g, eps, w + eps, ...),
-    its running statistics, and the base optimizer's state, next to the parameters themselves."""
+    """Bytes held between steps by a samlib optimizer (its working buffers and running statistics, from
+    ``opt.memory_stats()``) or by the loop reference (its ``old_p`` copies), the base optimizer's state,
+    and the parameters themselves."""
     def nbytes(tensors):
         seen = {}
         for t in tensors:
@@ -141,14 +146,28 @@ def optimizer_memory(opt) -> dict[str, int]:
         return sum(seen.values())
 
     params = [p for g in opt.param_groups for p in g["params"]]
-    stats = [v for p in params for v in opt.state[p].values() if torch.is_tensor(v)]
-    buffers = []
-    for chunk in opt._chunks.values():
-        buffers += [chunk.g, chunk.eps, chunk.w_plus_views[0]] + ([chunk.w] if chunk.w is not None else [])
-        buffers += list(chunk.state._scratch.values())
     base = [v for s in opt.base_optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
-    return {"params": nbytes(params), "working_buffers": nbytes(buffers), "running_stats": nbytes(stats),
-            "base_state": nbytes(base)}
+    if isinstance(opt, LoopSAM):
+        own = {"working_buffers": nbytes([s["old_p"] for s in opt.state.values() if "old_p" in s]), "running_stats": 0}
+    else:
+        own = opt.memory_stats()
+    return {"params": nbytes(params), **own, "base_state": nbytes(base)}
+
+
+def memory_table(width: int, device) -> dict[str, dict[str, int]]:
+    """``optimizer_memory`` after one step of every optimizer on ResNet-18(width)-shaped parameters."""
+    shapes = [p.shape for p in ResNet18(width=width).parameters()]
+    out = {}
+    for name, cls in [(REFERENCE, LoopSAM)] + list(OPTIMIZERS.items()):
+        params = [torch.nn.Parameter(torch.randn(s, device=device)) for s in shapes]
+        opt = cls(params, torch.optim.SGD, **BASE)
+        for _ in range(2):
+            for p in params:
+                p.grad = torch.randn_like(p)
+            opt.first_step()
+            opt.second_step()
+        out[name] = optimizer_memory(opt)
+    return out
 
 
 def main(argv=None):
@@ -172,12 +191,21 @@ def main(argv=None):
         for name, (total, own) in table.items():
             print(f"{name:22s} | {1e3 * total:9.2f} | {total / ref_total:5.2f}x | {1e3 * own:11.2f} | {own / ref_own:5.2f}x")
 
+    memory = memory_table(min(args.widths), device)
+    print(f"\nPersistent memory after a step, in multiples of the parameters' bytes (ResNet-18 width {min(args.widths)}; "
+          "transient buffers of a step, e.g. SAM's w + eps during the perturbed pass, are not counted)")
+    print(f"{'optimizer':22s} | {'buffers':>7s} | {'statistics':>10s} | {'total':>5s} | {'base state':>10s}")
+    for name, mem in memory.items():
+        own = mem["working_buffers"] + mem["running_stats"]
+        print(f"{name:22s} | {mem['working_buffers'] / mem['params']:6.2f}x | {mem['running_stats'] / mem['params']:9.2f}x | "
+              f"{own / mem['params']:4.2f}x | {mem['base_state'] / mem['params']:9.2f}x")
+
     e2e = end_to_end(device, args.repeats, args.batch)
     print(f"\nEnd to end on SmallCNN ({count_parameters(SmallCNN()) / 1e3:.0f}k params), batch {args.batch}: "
           "ms per training step; ratio to SGD (floor 2.0) and to SAM")
     for opt_name, t in e2e.items():
         print(f"{opt_name:22s} | {1e3 * t:8.2f} ms | {t / e2e['SGD']:5.2f}x SGD | {t / e2e['SAM']:5.2f}x SAM")
-    return tables, e2e
+    return tables, e2e, memory
 
 
 if __name__ == "__main__":
