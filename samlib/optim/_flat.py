@@ -12,7 +12,7 @@ and strides, so a ``channels_last`` weight keeps its layout in the flat buffers,
 **Buffers.** A *flat* chunk (every variant with hooks; SAM when its tensors are small) keeps one
 persistent working buffer ``work`` (float32 for 16-bit parameters, else the parameter dtype): it
 holds :math:`g`, then :math:`d`, then :math:`\epsilon`, then, during the perturbed pass (storage
-swap), :math:`w+\epsilon`. SAM on large tensors needs no flat buffer at all: it works on the
+swap), :math:`w+\epsilon`. A variant that reads :math:`w` (ASAM) keeps a second one, ``weights``. SAM on large tensors needs no flat buffer at all: it works on the
 parameters' own tensors with multi-tensor kernels. ``inplace=True`` also keeps a copy of
 :math:`w` in ``saved``.
 
@@ -107,6 +107,7 @@ class Chunk:
         self.numel = sum(self.sizes)
         self.flat = flat                  # whether the variant's hooks run on flat tensors
         self.work = self.work_views = None
+        self.weights = self.weights_views = None
         self.saved = self.saved_views = None
         self.state: ChunkState | None = None   # built at the first step (gathering rule)
         self._published: dict[str, Tensor] = {}
@@ -148,10 +149,12 @@ class Chunk:
         return self.work
 
     def gather_weights(self) -> Tensor:
-        """The weights as a flat tensor (a per-step buffer of the chunk's state)."""
-        w = self.state.scratch("w") if self.state is not None else torch.empty_like(self.work)
-        torch._foreach_copy_(self.views(w), self.params)
-        return w
+        """Copy the weights into a second persistent flat buffer (variants that read ``w``) and return it."""
+        if self.weights is None:
+            self.weights = torch.empty_like(self.work)
+            self.weights_views = self.views(self.weights)
+        torch._foreach_copy_(self.weights_views, self.params)
+        return self.weights
 
     def build_state(self, optimizer_state, init_state, g: Tensor, w: Tensor | None):
         """Build the flat statistics: initialize all, then restore every saved slice (gathering rule)."""
@@ -219,7 +222,7 @@ class Chunk:
 
     def nbytes(self) -> dict[str, int]:
         """Bytes held between steps: working buffers and flat statistics."""
-        buffers = [t for t in (self.work, self.saved) if t is not None]
+        buffers = [t for t in (self.work, self.weights, self.saved) if t is not None]
         stats = [v for v in (self.state or {}).values() if torch.is_tensor(v)]
         size = lambda ts: sum(t.numel() * t.element_size() for t in ts)   # noqa: E731
         return {"working_buffers": size(buffers), "running_stats": size(stats)}

@@ -128,7 +128,7 @@ class PreconditionedSAM(Optimizer):
     uses_weights = False
 
     def __init__(self, params, base_optimizer, rho: float = 0.05, variant_defaults: dict | None = None, *,
-                 base_kwargs: dict | None = None, inplace: bool = False, **kwargs):
+                 base_kwargs: dict | None = None, inplace: bool = False, compile: bool = False, **kwargs):
         if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, Optimizer)):
             raise TypeError(
                 f"base_optimizer must be an optimizer class such as torch.optim.SGD, got "
@@ -154,6 +154,7 @@ class PreconditionedSAM(Optimizer):
         self._sam_defaults = {self._keys[k]: v for k, v in sam_defaults.items()}
         self._check_group(self._sam_defaults)
         self._inplace = bool(inplace)
+        self._compile = bool(compile)
         self._chunks: dict = {}
         self._groups: dict = {}             # group index -> (params with grad, their data pointers, chunk keys)
         self._perturbed = None
@@ -306,12 +307,9 @@ class PreconditionedSAM(Optimizer):
         for group, chunk in self._current_chunks():
             if chunk.flat:
                 g, w, hp = self._prepare(group, chunk)
-                g_hat = self.gradient_estimate(g, w, chunk.state, hp)
-                c = self.preconditioner(g, w, chunk.state, hp) if self.preconditioning is not None else None
+                direction = self._compiled_direction() if self._compile and chunk.state.fresh is None else self._direction
+                d, norm = direction(g, w, chunk.state, hp, chunk.work)
                 chunk.publish(self.state)
-                n = g_hat if c is None else torch.mul(g_hat, c, out=chunk.work)  # OP: d = n = P g; CP: n = C^{-1} g
-                norm = torch.linalg.vector_norm(n, dtype=_acc(n.dtype))
-                d = n.mul_(c) if c is not None and self.preconditioning == "CP" else n   # CP: d = C^{-1} n
             else:                                                             # SAM: d = n = g, no flat copy
                 hp, d = self._hyper(group), chunk.grads()
                 norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(d, 2, dtype=_acc(chunk.dtype))))
@@ -329,6 +327,22 @@ class PreconditionedSAM(Optimizer):
             else:
                 out.append((chunk, torch._foreach_mul(d, s.to(chunk.dtype))))
         return out
+
+    def _direction(self, g: Tensor, w: Tensor | None, state, hp: dict, work: Tensor) -> tuple[Tensor, Tensor]:
+        r"""One flat chunk's :math:`d` and :math:`\|n\|` from the hooks (the part ``compile=True`` fuses)."""
+        g_hat = self.gradient_estimate(g, w, state, hp)
+        c = self.preconditioner(g, w, state, hp) if self.preconditioning is not None else None
+        n = g_hat if c is None else torch.mul(g_hat, c, out=work)           # OP: d = n = P g; CP: n = C^{-1} g
+        norm = torch.linalg.vector_norm(n, dtype=_acc(n.dtype))
+        d = n.mul_(c) if c is not None and self.preconditioning == "CP" else n   # CP: d = C^{-1} n
+        state.end_step()                       # scratch buffers die here (compiled: never materialized)
+        return d, norm
+
+    def _compiled_direction(self):
+        fn = self.__dict__.get("_compiled_fn")
+        if fn is None:
+            fn = self._compiled_fn = torch.compile(self._direction)
+        return fn
 
     @torch.no_grad()
     def perturbation(self) -> list[tuple[list[Tensor], list[Tensor]]]:
@@ -531,7 +545,7 @@ class PreconditionedSAM(Optimizer):
     def __getstate__(self):
         if self._perturbed is not None:
             raise RuntimeError("Copy or pickle the optimizer between steps, not between first_step() and second_step().")
-        keep = ("defaults", "state", "param_groups", "base_optimizer", "_keys", "_sam_defaults", "_inplace")
+        keep = ("defaults", "state", "param_groups", "base_optimizer", "_keys", "_sam_defaults", "_inplace", "_compile")
         return {k: self.__dict__[k] for k in keep}
 
     def __setstate__(self, state):

@@ -86,7 +86,8 @@ class InfoSAM(PreconditionedSAM):
     def preconditioner(self, g, w, state, group):
         if group["gain_from"] == "previous":
             return state.scratch("P")                                    # computed before the update
-        return self.gain(state["m"], state["v"], group, out=state.scratch("P"), one=state.constant(1.0))
+        # P_t from m_t, v_t, in the noise buffer (dead once v is updated)
+        return self.gain(state["m"], state["v"], group, out=state.scratch("noise"), one=state.constant(1.0))
 
     @staticmethod
     def gain(m, v, group, out, one):
