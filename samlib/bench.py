@@ -211,14 +211,16 @@ def main(argv=None):
         for name, (total, own) in table.items():
             print(f"{name:28s} | {1e3 * total:9.2f} | {total / ref_total:5.2f}x | {1e3 * own:11.2f} | {own / ref_own:5.2f}x")
 
-    memory = memory_table(min(args.widths), device)
-    print(f"\nPersistent memory after a step, in multiples of the parameters' bytes (ResNet-18 width {min(args.widths)}; "
-          "transient buffers of a step, e.g. SAM's w + eps during the perturbed pass, are not counted)")
-    print(f"{'optimizer':22s} | {'buffers':>7s} | {'statistics':>10s} | {'total':>5s} | {'base state':>10s}")
-    for name, mem in memory.items():
-        own = mem["working_buffers"] + mem["running_stats"]
-        print(f"{name:22s} | {mem['working_buffers'] / mem['params']:6.2f}x | {mem['running_stats'] / mem['params']:9.2f}x | "
-              f"{own / mem['params']:4.2f}x | {mem['base_state'] / mem['params']:9.2f}x")
+    memory = {w: memory_table(w, device) for w in args.widths}
+    for w, table in memory.items():
+        print(f"\nPersistent memory after a step, in multiples of the parameters' bytes (ResNet-18 width {w}; "
+              "transient buffers of a step, e.g. SAM's w + eps during the perturbed pass, are not counted)")
+        print(f"{'optimizer':22s} | {'buffers':>7s} | {'statistics':>10s} | {'total':>5s} | {'base state':>10s}")
+        for name, mem in table.items():
+            own = mem["working_buffers"] + mem["running_stats"]
+            print(f"{name:22s} | {mem['working_buffers'] / mem['params']:6.2f}x | "
+                  f"{mem['running_stats'] / mem['params']:9.2f}x | {own / mem['params']:4.2f}x | "
+                  f"{mem['base_state'] / mem['params']:9.2f}x")
 
     e2e = end_to_end(device, args.repeats, args.batch, args.clock, args.compile)
     print(f"\nEnd to end on SmallCNN ({count_parameters(SmallCNN()) / 1e3:.0f}k params), batch {args.batch}: "

@@ -216,32 +216,22 @@ def test_forced_overflow_skips_perturbation_and_step():
 def test_amp_step_makes_two_host_syncs_and_one_fused_check():
     """amp_sam_step's docstring: 2 host syncs with a GradScaler (its own first-pass check and GradScaler.step's),
     and the first-pass check is one fused multi-tensor kernel, not per-gradient isfinite calls."""
-    import collections
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Count(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.c = collections.Counter()
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.c[func.overloadpacket.__name__] += 1
-            return func(*args, **(kwargs or {}))
+    from test_optim_perf import CountOps
     torch.manual_seed(0)
     model = nn.Sequential(*[nn.Linear(16, 16) for _ in range(10)])       # 20 gradients
     opt = SAM(model.parameters(), torch.optim.SGD, lr=0.01)
     x, y = torch.randn(8, 16), torch.randint(0, 16, (8,))
     scaler = torch.amp.GradScaler("cpu")
     amp_sam_step(model, opt, F.cross_entropy, x, y, scaler=scaler, dtype=torch.bfloat16)
-    with Count() as c:
+    with CountOps() as c:
         amp_sam_step(model, opt, F.cross_entropy, x, y, scaler=scaler, dtype=torch.bfloat16)
-    assert c.c["_local_scalar_dense"] == 2
-    assert c.c["isfinite"] == 0 and c.c["abs"] == 0
-    assert c.c["_amp_foreach_non_finite_check_and_unscale_"] == 2       # ours (first pass) + GradScaler.step's
+    assert c.ops["_local_scalar_dense"] == 2
+    assert c.ops["isfinite"] == 0 and c.ops["abs"] == 0
+    assert c.ops["_amp_foreach_non_finite_check_and_unscale_"] == 2     # ours (first pass) + GradScaler.step's
     assert "2 on one device" in amp_sam_step.__doc__
-    with Count() as c:
+    with CountOps() as c:
         amp_sam_step(model, opt, F.cross_entropy, x, y, scaler=None, dtype=torch.bfloat16)
-    assert c.c["_local_scalar_dense"] == 0
+    assert c.ops["_local_scalar_dense"] == 0
 
 
 def test_bf16_autocast_without_scaler():
