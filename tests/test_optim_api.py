@@ -6,7 +6,6 @@ import copy
 import os
 import pickle
 import socket
-import tempfile
 import warnings
 
 import pytest
@@ -264,6 +263,23 @@ def test_channels_last_is_kept_at_w_plus_eps(name, inplace):
     assert opt.base_optimizer.state[conv.weight]["momentum_buffer"].is_contiguous(memory_format=torch.channels_last)
     if name == "InfoSAM":
         assert opt.state[conv.weight]["m"].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_channels_last_is_kept_by_sams_multi_tensor_path():
+    """Large tensors (no flat copy): w + eps is built from the gradient, which follows the weight's layout."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(128, 64, 3, bias=False).to(memory_format=torch.channels_last)   # 73k elements
+    opt = SAM(conv.parameters(), torch.optim.SGD, lr=0.1, rho=0.05)
+    x = torch.randn(1, 128, 5, 5).to(memory_format=torch.channels_last)
+    w0 = conv.weight.detach().clone()
+    conv(x).square().sum().backward()
+    g = conv.weight.grad.clone()
+    opt.first_step(zero_grad=True)
+    assert opt.memory_stats()["working_buffers"] == 0                    # the multi-tensor path
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(conv.weight.detach(), w0 + 0.05 * g / g.norm())
+    opt.restore()
+    assert torch.equal(conv.weight.detach(), w0)
 
 
 class _CachedTranspose(nn.Module):

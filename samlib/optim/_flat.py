@@ -12,12 +12,14 @@ and strides, so a ``channels_last`` weight keeps its layout in the flat buffers,
 **Buffers.** A *flat* chunk (every variant with hooks; SAM when its tensors are small) keeps one
 persistent working buffer ``work`` (float32 for 16-bit parameters, else the parameter dtype): it
 holds :math:`g`, then :math:`d`, then :math:`\epsilon`, then, during the perturbed pass (storage
-swap), :math:`w+\epsilon`. A variant that reads :math:`w` (ASAM) keeps a second one, ``weights``. SAM on large tensors needs no flat buffer at all: it works on the
-parameters' own tensors with multi-tensor kernels. ``inplace=True`` also keeps a copy of
-:math:`w` in ``saved``.
+swap), :math:`w+\epsilon`. A variant that reads :math:`w` (ASAM) keeps a second one, ``weights``.
+SAM on large tensors needs no flat buffer at all: it works on the parameters' own tensors with
+multi-tensor kernels. ``inplace=True`` also keeps a copy of :math:`w` in ``saved``.
 
-**Gathering rule** (run when a chunk is built, i.e. whenever the set of parameters with a
-gradient, or a parameter's shape or layout, changes):
+**Gathering rule** (run when a chunk is built: whenever the set of parameters with a gradient
+changes, or a parameter gets a new storage, e.g. after ``p.data = ...`` or ``model.to(...)``, and
+the new storage has another shape, layout, dtype or device; checked every step by identity and
+data pointer, which costs no tensor operation):
 
 1. the variant's ``init_state`` runs once on the whole flat gradient and gives every running
    statistic its initial value;

@@ -318,7 +318,8 @@ class PreconditionedSAM(Optimizer):
         for group, chunk in self._current_chunks():
             if chunk.flat:
                 g, w, hp = self._prepare(group, chunk)
-                direction = self._compiled_direction() if self._compile and chunk.state.fresh is None else self._direction
+                fused = self._compile and chunk.state.fresh is None      # fresh steps run eagerly (once)
+                direction = self._compiled_direction() if fused else self._direction
                 d, norm = direction(g, w, chunk.state, hp, chunk.work)
                 chunk.publish(self.state)
             else:                                                             # SAM: d = n = g, no flat copy
@@ -555,7 +556,8 @@ class PreconditionedSAM(Optimizer):
 
     def __getstate__(self):
         if self._perturbed is not None:
-            raise RuntimeError("Copy or pickle the optimizer between steps, not between first_step() and second_step().")
+            raise RuntimeError("Copy or pickle the optimizer between steps, "
+                               "not between first_step() and second_step().")
         keep = ("defaults", "state", "param_groups", "base_optimizer", "_keys", "_sam_defaults", "_inplace", "_compile")
         return {k: self.__dict__[k] for k in keep}
 
