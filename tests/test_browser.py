@@ -135,14 +135,14 @@ def _wait_http(url, proc, log, timeout):
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"{proc.args[:4]} exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
+            pytest.fail(f"{proc.args[:4]} exited with {proc.returncode}:\n{log.read_text(encoding='utf-8', errors='replace')[-3000:]}")
         try:
             with urllib.request.urlopen(url, timeout=5) as r:
                 if r.status == 200:
                     return
         except OSError:
             time.sleep(0.5)
-    pytest.fail(f"{url} did not answer within {timeout} s:\n{log.read_text(errors='replace')[-3000:]}")
+    pytest.fail(f"{url} did not answer within {timeout} s:\n{log.read_text(encoding='utf-8', errors='replace')[-3000:]}")
 
 
 def _stop(proc):
