@@ -127,16 +127,17 @@ def toctrees() -> str:
 
 
 def references() -> str:
-    """Every chapter's References section, under the chapter's title."""
+    """Every chapter's References section (up to the next heading of its level), under its title."""
     parts = []
     for path in _chapters():
-        cells = _markdown_cells(path)
-        found = [i for i, text in enumerate(cells) if re.match(r"^#+\s*References\b", text.strip())]
-        if not found:
+        text = "\n\n".join(_markdown_cells(path))
+        m = re.search(r"^(#+)\s*References\b[^\n]*\n", text, re.M)
+        if not m:
             continue
-        body = "\n\n".join(cells[found[0]:])
-        body = re.sub(r"^#+\s*References[^\n]*\n", "", body.strip(), count=1)
-        body = re.sub(r"^(#+)", r"\1##", body, flags=re.M)  # keep its sub-headings below ours
+        rest = text[m.end():]
+        end = re.search(rf"^#{{1,{len(m.group(1))}}}\s", rest, re.M)
+        body = rest[:end.start()] if end else rest
+        body = re.sub(r"^(#+)", r"\1##", body.strip(), flags=re.M)  # keep its sub-headings below ours
         parts.append(f"## [{_title(path)}](../chapters/{path.name})\n\n{body}")
     return "\n\n".join(parts) or "No chapter has a References section yet."
 
