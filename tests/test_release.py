@@ -170,20 +170,16 @@ def test_release_chapters_point_to_exercise_notebooks(built):
 
 def test_release_tests_pass_without_solutions(built):
     """A fast subset of the release's own suite, run there: notebook structure (chapter_structure needs
-    the exercise notebooks now), packaging, the static encoding check, and pytest's collection."""
+    the exercise notebooks now), packaging and the static encoding check. ``chapters/exercises`` is on
+    the command line too: its stubs would fail if pytest executed them, and it must not."""
     out = built["out"]
     fast = ["tests/test_notebooks.py", "tests/test_packaging.py",
-            "tests/test_encoding.py::test_every_text_read_and_write_names_its_encoding"]
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *fast], cwd=out,
+            "tests/test_encoding.py::test_every_text_read_and_write_names_its_encoding", "chapters/exercises"]
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rA", *fast], cwd=out,
                           env=_child_env(out), capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert re.search(r"\b\d+ passed\b", done.stdout) and "failed" not in done.stdout
-    collected = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
-                                "chapters"], cwd=out, env=_child_env(out), capture_output=True, encoding="utf-8",
-                               errors="replace", timeout=600)
-    assert collected.returncode == 0, collected.stdout[-3000:]
-    assert "chapters/03_presam.ipynb" in collected.stdout
-    assert "exercises" not in collected.stdout and "solutions" not in collected.stdout
+    assert "test_chapter_structure[03_presam.ipynb]" in done.stdout and "_exercises.ipynb::" not in done.stdout
 
 
 # ---- the graders --------------------------------------------------------------------------------
