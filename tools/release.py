@@ -612,8 +612,8 @@ def main(argv=None) -> int:
             for nb in args.notebooks:
                 chapter = nb.resolve().parents[1] / nb.name.replace("_solutions", "")
                 nbformat.write(scaffold(nb, chapter), nb)
-                print(f"{nb}: scaffolded; now follow the steps in `python -c \"import tools.release as r; "
-                      f"help(r.scaffold)\"` (or chapters/README.md, Homework)")
+                print(f"{nb}: scaffolded. Next steps: the docstring of scaffold() in tools/release.py, and "
+                      "chapters/README.md, \"Homework\"; then `python tools/release.py check` on it.")
     except ReleaseError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
