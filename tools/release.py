@@ -283,19 +283,27 @@ def _new_notebook_like(chapter_nb, cells):
 
 
 def plain_exercises(chapter_nb, chapter_name: str) -> nbformat.NotebookNode:
-    """An exercises notebook for a chapter whose solutions are not converted yet: the exercises with
-    an empty answer cell each, and no checks (the instructor grades them from the solutions)."""
+    """An exercises notebook for a chapter whose solutions are not converted yet: the exercises, each
+    with an empty markdown cell (derivations) and/or code cell (coding), and no checks (the instructor
+    grades them from the solutions)."""
     items = _exercise_items(chapter_nb)
     params = [c for c in chapter_nb.cells if c.cell_type == "code" and "mode()" in c.source]
+    heading = next((m.group(1) for c in chapter_nb.cells if c.cell_type == "markdown"
+                    for m in [re.match(r"#\s+(.+)", c.source)] if m), chapter_name)
     cells = [nbformat.v4.new_markdown_cell(
-        f"# Exercises: {chapter_name}\n\nThe exercises of [{chapter_name}](../{chapter_name}.ipynb). "
-        "Automatic checks for this chapter are not written yet: answer each exercise in the cells "
-        "below (code, or markdown for derivations); your instructor grades them by hand.")]
+        f"# Exercises: {heading}\n\nThe exercises of [the chapter](../{chapter_name}.ipynb), with room for your "
+        "answers: code cells for coding, markdown cells for derivations. This chapter has no automatic checks "
+        "yet: your instructor grades it by hand.")]
     if params:
         cells.append(nbformat.v4.new_code_cell(params[0].source))
     for number, text in items.items():
+        kinds = re.match(r"\*\(([^)]*)\)\*", text)
+        kinds = kinds.group(1) if kinds else "coding"
         cells.append(nbformat.v4.new_markdown_cell(f"**Exercise {number}.** {text}"))
-        cells.append(nbformat.v4.new_code_cell("# your answer"))
+        if re.search(r"derivation|proof", kinds):
+            cells.append(nbformat.v4.new_markdown_cell("_Type your answer here._"))
+        if "coding" in kinds or not re.search(r"derivation|proof", kinds):
+            cells.append(nbformat.v4.new_code_cell("# your code"))
     return _new_notebook_like(chapter_nb, cells)
 
 
@@ -360,24 +368,30 @@ POINTER = re.compile(r"Solutions: `chapters/solutions/(\d\d_\w+?)_solutions\.ipy
 # Other sentences that mention the solutions folder, and their release wording.
 REWRITES = [
     (re.compile(r"their solutions are in `chapters/solutions/` and are executed by the tests like every chapter\."),
-     "work them in `chapters/exercises/`, which has a notebook with stubs and checks for each chapter."),
+     "work them in `chapters/exercises/`: one notebook per chapter, with stubs and checks where the chapter has them."),
     (re.compile(r"Solutions to each\s+chapter's exercises are in `solutions/`; they are executed by the test suite like the chapters\."),
-     "Each chapter's exercises\nhave a notebook with stubs and checks in `exercises/`."),
+     "Each chapter's exercises\nhave a notebook in `exercises/` (\"Homework\" below)."),
     (re.compile(r"and `solutions/` holds tested answers for the instructor\."),
-     "and `exercises/` holds a notebook of stubs and checks for each chapter."),
+     "and `exercises/` has a notebook for each."),
     (re.compile(r"\(chapters/solutions/ for exercise solutions\)"), "(chapters/exercises/ for the exercises)"),
 ]
 
 
-def _rewrite_text(text: str) -> str:
-    text = POINTER.sub(lambda m: f"Exercises: `chapters/exercises/{m.group(1)}_exercises.ipynb` (stubs to complete; "
-                                 f"`grader.check(\"exN\")` runs an exercise's checks).", text)
+def _pointer(m: re.Match, converted: set) -> str:
+    where = f"Exercises: `chapters/exercises/{m.group(1)}_exercises.ipynb`"
+    if m.group(1) in converted:
+        return where + " (stubs to complete; `grader.check(\"exN\")` runs an exercise's checks)."
+    return where + " (a notebook to answer them in)."
+
+
+def _rewrite_text(text: str, converted: set) -> str:
+    text = POINTER.sub(lambda m: _pointer(m, converted), text)
     for pattern, new in REWRITES:
         text = pattern.sub(new, text)
     return INSTRUCTOR_ONLY.sub("", text)
 
 
-def rewrite_release_text(dest: pathlib.Path) -> None:
+def rewrite_release_text(dest: pathlib.Path, converted: set) -> None:
     """Point the chapters and READMEs at the exercise notebooks; fail on any other mention of the
     solutions folder (a new sentence needs a rule in ``REWRITES``)."""
     for path in sorted(dest.rglob("*")):
@@ -388,15 +402,15 @@ def rewrite_release_text(dest: pathlib.Path) -> None:
             changed = False
             for cell in nb.cells:
                 if cell.cell_type == "markdown":
-                    new = _rewrite_text(cell.source)
+                    new = _rewrite_text(cell.source, converted)
                     changed |= new != cell.source
                     cell.source = new
             if changed:
                 nbformat.write(nb, path)
         elif path.suffix == ".md":
             text = path.read_text(encoding="utf-8")
-            if _rewrite_text(text) != text:
-                path.write_text(_rewrite_text(text), encoding="utf-8")
+            if _rewrite_text(text, converted) != text:
+                path.write_text(_rewrite_text(text, converted), encoding="utf-8")
     left = []
     for path in sorted(dest.rglob("*")):
         if ".git" in path.parts or not path.is_file() or path.suffix not in (".md", ".ipynb"):
@@ -436,10 +450,12 @@ def patch_structure_test(dest: pathlib.Path) -> bool:
 
 EXERCISES_README = """# Exercises
 
-One notebook per chapter. Open it next to the chapter, complete the cells marked `...`, and run
-the check cell after each exercise (`grader.check("ex4")`): it runs the exercise's public checks
-and tells you what is wrong. Your instructor grades with further, hidden checks, and grades the
-derivations (markdown answers) by hand. `grader.check_all()` at the end runs every check.
+One notebook per chapter: open it next to the chapter. Where the chapter's exercises have checks
+(the notebook starts with "Initialize Otter"), complete the cells marked `...` and run the check
+cell after each exercise (`grader.check("ex4")`): it runs the exercise's public checks and tells
+you what is wrong. Your instructor grades with further, hidden checks, and grades the derivations
+(markdown answers) by hand. `grader.check_all()` at the end runs every check. The other notebooks
+have the exercise text and empty cells for your answers.
 
 Keep the file name: the checks are stored in the notebook and found by its name. Submit the
 notebook file (`.ipynb`) as your instructor asks.
@@ -530,7 +546,7 @@ def build(out: pathlib.Path, grading: pathlib.Path, source: str = "HEAD", commit
                     f"# {stem}\n\nNot converted to the assignment format yet: grade from `{solution.name}` "
                     "by hand.\n", encoding="utf-8")
                 summary["plain"].append(stem)
-        rewrite_release_text(out)
+        rewrite_release_text(out, set(summary["converted"]))
         summary["patched_structure_test"] = patch_structure_test(out)
     if commit:
         env = {**os.environ, "GIT_AUTHOR_NAME": "course release", "GIT_AUTHOR_EMAIL": "release@localhost",
