@@ -635,7 +635,7 @@ WIDGETS.update({
     "convergence": Widget(convergence_curves, _convergence_plot, {
         "kappa": Slider.choice((1.0, 2.0, 4.0, 8.0, 16.0), 4.0, "kappa (condition number)", ("1", "2", "4", "8", "16")),
         "rho": Slider(0.0, 2.0, 0.5, 1.0, "rho (constant)"),
-        "lr": Slider(0.02, 0.08, 0.02, 0.04, "step size eta")}, "The rate and the bias floor of preSAM", aspect=0.72),
+        "lr": Slider(0.02, 0.08, 0.02, 0.04, "step size eta")}, "The rate and the bias floor of preSAM", aspect=0.62),
     "results07": _explorer("07_classification", "Chapter 07's records: test curves and paired differences"),
     "results08": _explorer("08_segmentation", "Chapter 08's records: test curves and paired differences"),
     "cost": Widget(_cost_compute, _cost_plot, {
