@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from unittest import mock
 
 import pytest
 import torch
@@ -261,15 +262,16 @@ def test_grader_fails_typical_wrong_answers(built, master, tmp_path):
             sources.append(source)
         cwd = os.getcwd()
         os.chdir(tmp_path)
+        # the notebook seeds torch, and a wrong answer may leave SAMLIB_MODE changed: keep the suite's as they were
         try:
-            with torch.random.fork_rng(devices=[]):  # the notebook seeds torch: keep the suite's RNG as it was
+            with torch.random.fork_rng(devices=[]), mock.patch.dict(os.environ):
                 env = _run_cells(sources)
-            for name, path in tests.items():
-                result = OKTestFile.from_file(str(path))
-                result.run(env)
-                if name in mutated:
-                    assert not result.passed_all, f"{stem} {name}: the grader accepts a wrong answer ({mutated[name]})"
-                else:
-                    assert result.passed_all, f"{stem} {name} fails although it was left correct (round {k})"
+                for name, path in tests.items():
+                    result = OKTestFile.from_file(str(path))
+                    result.run(env)
+                    if name in mutated:
+                        assert not result.passed_all, f"{stem} {name}: the grader accepts a wrong answer ({mutated[name]})"
+                    else:
+                        assert result.passed_all, f"{stem} {name} fails although it was left correct (round {k})"
         finally:
             os.chdir(cwd)
