@@ -10,7 +10,8 @@ One build (module-scoped) of the working tree into a temporary folder, then:
 - the typical wrong answers in ``tests/fixtures/homework/NN_*.yml`` each lose points on their question,
   while the questions left correct keep theirs (so a failure is the wrong answer's, not the harness's).
 
-CPU time (quick mode, one thread): about 1 minute, most of it Otter's notebook kernels.
+CPU time (quick mode, one thread): about 2.5 minutes for six converted chapters, most of it Otter's
+notebook kernels and the wrong-answer rounds (each runs a notebook's autograded cells again).
 """
 import importlib.util
 import json
