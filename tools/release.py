@@ -485,12 +485,14 @@ One folder per chapter:
 Grade submissions (students' `chapters/exercises/NN_*_exercises.ipynb`) on this machine, without
 Docker and without network, from the course repository:
 
-    python tools/release.py grade --grading THIS_FOLDER --chapter 03 submissions/*.ipynb --csv scores.csv
+    SAMLIB_MODE=quick python tools/release.py grade --grading THIS_FOLDER --chapter 03 submissions/*.ipynb --csv scores.csv
 
 `--questions ex1_code,ex3_code` counts only those questions (a homework made of some of the
-chapter's exercises). This runs `otter run` on each notebook (it executes the student's code: do it in an environment you
-are willing to run their code in) and writes one row per submission with each question's score.
-Manually graded questions appear in `rubric.md` only.
+chapter's exercises). This runs `otter run` on each notebook (it executes the student's code: do it
+in an environment you are willing to run their code in) and writes one row per submission with each
+question's score. It executes the whole notebook, experiments included: `SAMLIB_MODE=quick` (as the
+course's tests grade) keeps that to seconds per notebook; read the measurements of the hand-graded
+questions in the submitted notebook itself. Manually graded questions appear in `rubric.md` only.
 """
 
 
