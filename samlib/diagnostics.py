@@ -27,6 +27,7 @@ sees in training. In train mode the running statistics are never touched (:func:
 """
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from typing import Callable
 
@@ -41,7 +42,7 @@ __all__ = ["data_loss", "flat_grad", "hvp", "top_hessian_eigenvalue", "hessian_t
            "filter_normalized_direction", "loss_slice_1d", "loss_slice_2d", "gradient_noise", "snr",
            "adversary_alignment", "perturbed", "layer_noise", "ascent_decomposition", "snr_gain", "DesignSpace",
            "DESIGN_SPACE", "expected_v_ratio", "participation_ratio", "noise_inflation", "design_space_alignment", "AlignmentProbe",
-           "train_with_probe"]
+           "train_with_probe", "synthetic_stream_alignment"]
 
 LossFn = Callable[[], Tensor]
 
@@ -449,6 +450,37 @@ def _unflat(flat: Tensor, params: list[Tensor]) -> list[Tensor]:
 
 def _cos(a: Tensor, b: Tensor) -> float:
     return float(a @ b / (a.norm() * b.norm()).clamp_min(1e-300))
+
+
+def synthetic_stream_alignment(noise: float = 0.8, beta: float = 0.9, drift: float = 0.0, dim: int = 200,
+                               steps: int = 60, seed: int = 0) -> dict:
+    r"""The design space on a synthetic gradient stream :math:`g_t = g(t) + \sigma\odot\xi_t` (chapter 06's widget).
+
+    The true gradient has a few strong and many weak coordinates,
+    :math:`g(t) = \cos(\omega t)\,a + \sin(\omega t)\,b` with :math:`\omega` = ``drift`` degrees per step
+    (0: a stationary stream, as at fixed weights), and the noise scale :math:`\sigma` is ``noise``
+    times a heterogeneous profile. Returns, per step, the cosine with :math:`g(t)` of SAM's direction
+    (``"SAM"``), InfoSAM's with the current gain (``"InfoSAM"``) and with the gain from before the batch
+    (``"InfoSAM, gain before"``), the running mean (``"running mean"``: VaSSO with
+    :math:`\theta = 1-\beta`) and the oracle gain :math:`g(t)^2/(g(t)^2+\sigma^2)` applied to :math:`g_t` (``"oracle"``).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    scale = torch.linspace(2.0, 0.05, dim, dtype=torch.float64)
+    a = torch.randn(dim, generator=gen, dtype=torch.float64) * scale
+    sigma = noise * torch.rand(dim, generator=gen, dtype=torch.float64) * 2
+    b = torch.randn(dim, generator=gen, dtype=torch.float64) * scale
+    omega = drift * torch.pi / 180
+    space = DesignSpace(beta)
+    keys = {"SAM": "g", "InfoSAM": "g*P_current", "InfoSAM, gain before": "g*P_before", "running mean": "m"}
+    cos: dict = {k: [] for k in [*keys, "oracle"]}
+    for t in range(steps):
+        g_true = math.cos(omega * t) * a + math.sin(omega * t) * b
+        gt = g_true + sigma * torch.randn(dim, generator=gen, dtype=torch.float64)
+        dirs = space.step(gt)
+        for name, key in keys.items():
+            cos[name].append(_cos(dirs[key], g_true))
+        cos["oracle"].append(_cos(snr_gain(g_true, sigma * sigma) * gt, g_true))
+    return {k: torch.tensor(v, dtype=torch.float64) for k, v in cos.items()}
 
 
 def design_space_alignment(model: nn.Module, x: Tensor, y: Tensor, rho: float = 0.05, beta: float = 0.9,
