@@ -1,5 +1,8 @@
 """samlib.diagnostics on problems with known answers."""
+import importlib.util
+import json
 import math
+import pathlib
 
 import pytest
 import torch
@@ -423,3 +426,49 @@ def test_probe_inflation_is_v_over_the_fixed_weights_variance():
     noise = G.gradient_noise(model, G.to_float(x), y, 16, 20, seed=30, train_mode=True)
     assert rec["inflation"] == pytest.approx(float(probe.space.v.sum() / noise["var"].sum()), rel=1e-6)
     assert rec["expected_stationary"] == pytest.approx(2 / 1.9)
+
+
+# ---- the chapters' committed measurements -------------------------------------------------------
+
+RESULTS = pathlib.Path(__file__).resolve().parents[1] / "chapters" / "results"
+
+
+def _shape(obj):
+    """The structure of a JSON value: dict keys (recursively), list element structure, leaf types."""
+    if isinstance(obj, dict):
+        return {k: _shape(v) for k, v in obj.items() if k not in ("settings", "environment", "command")}
+    if isinstance(obj, list):
+        return ["list", _shape(obj[0])] if obj and isinstance(obj[0], (dict, list)) else "list"
+    if obj is None or isinstance(obj, (int, float)):
+        return "number"
+    return type(obj).__name__
+
+
+def _run_script(path, args):
+    spec = importlib.util.spec_from_file_location(f"results_{path.parent.name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(args)
+
+
+@pytest.mark.parametrize("folder,part,output", [("05_gradient_noise", None, "results.json"),
+                                                ("06_infosam", "design_space", "design_space.json"),
+                                                ("06_infosam", "in_training", "in_training.json")])
+def test_committed_results_have_the_structure_the_script_writes(tmp_path, folder, part, output):
+    """Regenerate in quick mode (tiny settings) and compare with the committed standard-mode file.
+
+    Full regeneration: ``OMP_NUM_THREADS=1 python chapters/results/<folder>/make_results.py [part]``."""
+    script = RESULTS / folder / "make_results.py"
+    _run_script(script, ([part] if part else []) + ["--quick", "--out", str(tmp_path)])
+    fresh = json.loads((tmp_path / output).read_text(encoding="utf-8"))
+    committed = json.loads((RESULTS / folder / output).read_text(encoding="utf-8"))
+    assert _shape(fresh) == _shape(committed)
+    assert committed["command"] == fresh["command"].replace(" --quick", "")
+    assert committed["settings"] == json.loads(json.dumps(_settings(script)))   # made with the standard settings
+
+
+def _settings(script):
+    spec = importlib.util.spec_from_file_location("settings_probe", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.SETTINGS["standard"]
