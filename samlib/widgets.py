@@ -189,7 +189,7 @@ WIDGETS = {
         "angle": Slider(0.0, 350.0, 10.0, 30.0, "gradient angle")}, "CP and OP perturbations in 2-D"),
     "alignment": Widget(_alignment_compute, _alignment_plot, {
         "log2_batch": Slider(3.0, 9.0, 1.0, 6.0, "log2 batch size"),
-        "noise_rate": Slider(0.0, 0.8, 0.1, 0.0, "label-noise rate")}, "How good is a minibatch adversary?"),
+        "noise_rate": Slider(0.0, 0.8, 0.2, 0.0, "label-noise rate")}, "How good is a minibatch adversary?"),
     "infosam": Widget(_infosam_compute, _infosam_plot, {
         "noise": Slider(0.0, 2.0, 0.1, 0.8, "noise level"),
         "beta": Slider(0.0, 0.99, 0.03, 0.9, "beta"),
