@@ -47,3 +47,16 @@ def test_widget_results_respond_to_sliders():
     assert high["sharp"] < low["sharp"]  # noise empties the sharp well
     clean = W.WIDGETS["infosam"].compute(noise=0.0, beta=0.9)
     assert torch.allclose(clean["SAM"], torch.ones_like(clean["SAM"]))
+
+
+def test_every_widget_is_shown_in_a_chapter():
+    """tests/test_browser.py drives the widgets that notebooks show: each widget must be shown somewhere."""
+    import json
+    import pathlib
+    import re
+    chapters = pathlib.Path(__file__).resolve().parents[1] / "chapters"
+    code = "\n".join("".join(c["source"]) for p in chapters.rglob("*.ipynb")
+                     for c in json.loads(p.read_text(encoding="utf-8"))["cells"] if c["cell_type"] == "code")
+    shown = set(re.findall(r"""\bwidgets\.show\(\s*["'](\w+)["']""", code))
+    assert shown <= set(W.WIDGETS), f"chapters show unknown widgets: {shown - set(W.WIDGETS)}"
+    assert set(W.WIDGETS) <= shown, f"widgets no chapter shows (so no browser test drives them): {set(W.WIDGETS) - shown}"
