@@ -55,7 +55,7 @@ def _stats(values) -> list:
     return [round(float(t.mean()), 5), round(float(t.std() / len(t) ** 0.5), 5) if len(t) > 1 else None]
 
 
-def design_space(s) -> list:
+def design_space(s, save=lambda rows: None) -> list:
     rows = []
     for rate in (0.4, 0.0):
         x, y = _data(s, rate)
@@ -85,7 +85,7 @@ def design_space(s) -> list:
     return rows
 
 
-def in_training(s) -> list:
+def in_training(s, save=lambda rows: None) -> list:
     x, y = _data(s, 0.4)
     out = []
     for B in s["batches"]:
@@ -112,6 +112,7 @@ def in_training(s) -> list:
                                   for c in probe.curvature],
                     "cpu_s": round(time.process_time() - t0, 1)})
         print(f"batch {B}: {len(records)} measurements, {out[-1]['cpu_s']} s; summary {out[-1]['summary']}", flush=True)
+        save(out)                     # written after each batch size: a run stopped later keeps what it finished
     return out
 
 
@@ -131,13 +132,18 @@ def main(argv=None):
                                               for k, v in s.items()},
               "command": f"OMP_NUM_THREADS=1 python chapters/results/06_infosam/make_results.py {args.part}"
                          + (" --quick" if args.quick else ""),
-              "rows": PARTS[args.part](s)}
-    result["environment"] = {"python": sys.version.split()[0], "torch": torch.__version__,
-                             "processor": platform.processor() or platform.machine(),
-                             "cpu_s": round(time.process_time() - t0, 1)}
+              "rows": []}
     path = Path(args.out) / f"{args.part}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1), encoding="utf-8")
+
+    def save(rows):
+        result["rows"] = rows
+        result["environment"] = {"python": sys.version.split()[0], "torch": torch.__version__,
+                                 "processor": platform.processor() or platform.machine(),
+                                 "cpu_s": round(time.process_time() - t0, 1)}
+        path.write_text(json.dumps(result, indent=1), encoding="utf-8")
+
+    save(PARTS[args.part](s, save))
     print(f"wrote {path} ({result['environment']['cpu_s']} CPU-s)")
 
 
