@@ -12,7 +12,8 @@ regenerates both in quick mode and checks they have the committed structure):
   same weights (train-mode BatchNorm), with InfoSAM's internals, the noise estimate's inflation and
   the first-/second-order split of the ascent at three checkpoints.
 
-Run from the project root (about 8 + 12 CPU-minutes on one thread)::
+Run from the project root (one thread of a shared machine: design_space 554 CPU-s; in_training 365 CPU-s
+for batch 128, and the batch-32 run, stopped unfinished after 190 CPU-s, is not in the committed record)::
 
     OMP_NUM_THREADS=1 python chapters/results/06_infosam/make_results.py design_space
     OMP_NUM_THREADS=1 python chapters/results/06_infosam/make_results.py in_training
