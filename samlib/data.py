@@ -268,9 +268,27 @@ def scene_class_names(labels: str = "classes") -> tuple[str, ...]:
     return ("background", *SCENE_LABELS[labels])
 
 
+def _balanced_garments(garments: Tensor, classes: Tensor, group_of: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """The first garments of each class in source order, so that every label (``group_of[class]``)
+    has the same count m (the rarest label's) and, inside a label, its classes share m equally."""
+    groups: dict = {}
+    for c, g in enumerate(group_of):
+        groups.setdefault(g, []).append(c)
+    counts = {g: sum(int((classes == c).sum()) for c in members) for g, members in groups.items()}
+    m = min(counts.values())
+    keep = []
+    for members in groups.values():
+        for i, c in enumerate(members):
+            quota = m // len(members) + (i < m % len(members))
+            keep.append(torch.nonzero(classes == c).flatten()[:quota])
+    keep = torch.sort(torch.cat(keep)).values
+    return garments[keep], classes[keep]
+
+
 def fashion_scenes(n: int, seed: int, split: str = "train", size: int = 64, objects: tuple[int, int] = (2, 4),
                    scale: tuple[float, float] | None = None, mask_noise: float = 0.0, source=None,
-                   return_clean: bool = False, subset: bool | None = True, labels: str = "classes"):
+                   return_clean: bool = False, subset: bool | None = True, labels: str = "classes",
+                   balance: bool = False):
     """Scenes of 2-4 real Fashion-MNIST garments pasted on a textured ``size x size`` canvas.
 
     Returns ``(images, masks)``: images float n x 1 x size x size in [0, 1]; masks int64
@@ -278,7 +296,11 @@ def fashion_scenes(n: int, seed: int, split: str = "train", size: int = 64, obje
     labels the K = 10 Fashion-MNIST classes; ``labels="superclasses"`` the K = 5 shape-distinct
     :data:`SCENE_SUPERCLASSES` (tops, trouser, dress, footwear, bag) of the *same* scenes: the
     images, and which objects ``mask_noise`` relabels, are identical for a given ``seed``; only the
-    labels differ (:func:`scene_class_names` names them). Garments get a random position, scale
+    labels differ (:func:`scene_class_names` names them). ``balance=True`` makes every label equally
+    frequent: garments are drawn from an equal number per label (the rarest label's count, the first
+    ones of each class in source order, shared equally by the classes of a super-class), so with
+    super-classes the four kinds of tops no longer outnumber a bag four to one (on the stratified
+    bundled subset the 10 classes are balanced already). Garments get a random position, scale
     (relative to 28 px) and paste order, so later ones occlude earlier ones.
     ``scale=None`` is (0.9, 1.6) on a 64-pixel canvas, shrunk in proportion on smaller ones, so
     garments fill the same fraction of any canvas.
@@ -294,8 +316,10 @@ def fashion_scenes(n: int, seed: int, split: str = "train", size: int = 64, obje
     if scale is None:
         scale = (0.9 * size / 64, 1.6 * size / 64)
     garments, classes = source if source is not None else load_fashion_mnist(split, subset=subset)
-    if labels == "superclasses":
-        classes = torch.tensor(SUPERCLASS_OF)[classes]
+    group_of = SUPERCLASS_OF if labels == "superclasses" else tuple(range(len(FASHION_CLASSES)))
+    if balance:
+        garments, classes = _balanced_garments(garments, classes, group_of)
+    classes = torch.tensor(group_of)[classes]
     garments = to_float(garments)
     gen = torch.Generator().manual_seed(seed)
     lo, hi = objects

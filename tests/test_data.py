@@ -228,6 +228,24 @@ def test_superclass_scenes_are_deterministic(garments):
     assert not torch.equal(other[1], first[1])
 
 
+def test_balance_gives_every_super_class_the_same_count(garments):
+    images, classes = D._balanced_garments(*garments, D.SUPERCLASS_OF)
+    per_super = torch.bincount(torch.tensor(D.SUPERCLASS_OF)[classes], minlength=5)
+    assert per_super.tolist() == [1000] * 5                        # the rarest super-class has 1000 garments
+    per_class = torch.bincount(classes, minlength=10)
+    assert per_class[[0, 2, 4, 6]].tolist() == [250] * 4           # the four kinds of tops share equally
+    assert sorted(per_class[[5, 7, 9]].tolist()) == [333, 333, 334]  # and the three kinds of footwear
+    first_coats = torch.nonzero(garments[1] == 4).flatten()[:250]  # the first coats in source order
+    assert torch.equal(images[classes == 4], garments[0][first_coats])
+    _, m_bal = D.fashion_scenes(300, seed=5, size=32, source=garments, labels="superclasses", balance=True)
+    _, m_raw = D.fashion_scenes(300, seed=5, size=32, source=garments, labels="superclasses")
+    tops_share = [float((m == 1).sum() / (m > 0).sum()) for m in (m_bal, m_raw)]
+    assert tops_share[0] < 0.3 < 0.4 < tops_share[1]               # tops: about 1/5 of garment pixels, not 2/5
+    classes_10 = D.fashion_scenes(64, seed=5, size=32, source=garments, return_clean=True)
+    assert all(torch.equal(a, b) for a, b in zip(classes_10, D.fashion_scenes(64, seed=5, size=32, source=garments,
+                                                                                return_clean=True, balance=True)))
+
+
 @pytest.mark.parametrize("labels, k", [("classes", 10), ("superclasses", 5)])
 def test_mask_noise_never_touches_the_background(garments, labels, k):
     _, noisy, clean = D.fashion_scenes(400, seed=2, size=32, source=garments, mask_noise=0.4, return_clean=True,

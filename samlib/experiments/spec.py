@@ -26,12 +26,16 @@ class DataSpec:
     data_seed: int = 0
     verify: bool = True               # check the CIFAR archive's official md5
     scene_size: int = 64              # fashion_scenes: canvas side in pixels (garments scale with it)
+    scene_labels: str = "classes"     # fashion_scenes: "classes" (10 garment classes) | "superclasses" (5 groups)
+    scene_balance: bool = False       # fashion_scenes: every label equally frequent (see fashion_scenes' balance)
 
     def validate(self):
         if self.dataset not in ("fashion", "fashion_scenes", "cifar10", "cifar100"):
             raise ValueError(f"Unknown dataset {self.dataset!r}. Choose fashion, fashion_scenes, cifar10 or cifar100.")
         if self.scene_size < 16 or self.scene_size % 4:
             raise ValueError(f"Invalid scene_size {self.scene_size}: use a multiple of 4 (the U-Net pools twice), >= 16.")
+        if self.scene_labels not in D.SCENE_LABELS:
+            raise ValueError(f"Invalid scene_labels {self.scene_labels!r}. Choose one of: {', '.join(D.SCENE_LABELS)}.")
         return self
 
 
@@ -55,9 +59,11 @@ def prepare_data(spec: DataSpec, noise_rate: float = 0.0) -> dict:
         garments_tr = D.load_fashion_mnist("train", root=spec.root, subset=spec.subset)
         garments_te = D.load_fashion_mnist("test", root=spec.root, subset=spec.subset)
         x, y, clean = D.fashion_scenes(n_train, seed_take, source=garments_tr, mask_noise=noise_rate,
-                                       return_clean=True, size=spec.scene_size)
-        xt, yt = D.fashion_scenes(n_test, seed_test, source=garments_te, size=spec.scene_size)
-        task, num_classes = "segmentation", 11
+                                       return_clean=True, size=spec.scene_size, labels=spec.scene_labels,
+                                       balance=spec.scene_balance)
+        xt, yt = D.fashion_scenes(n_test, seed_test, source=garments_te, size=spec.scene_size, labels=spec.scene_labels,
+                                  balance=spec.scene_balance)
+        task, num_classes = "segmentation", len(D.scene_class_names(spec.scene_labels))
     else:
         if spec.dataset == "fashion":
             x, clean = D.load_fashion_mnist("train", root=spec.root, subset=spec.subset)
