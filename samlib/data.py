@@ -21,10 +21,16 @@ from torch import Tensor
 __all__ = [
     "load_fashion_mnist", "load_cifar", "add_label_noise", "fashion_scenes", "to_float", "Batches",
     "split_validation", "augment_batch", "AUGMENTATIONS", "DataError", "FASHION_CLASSES", "DEBIAN_FASHION_MNIST", "bundled_path",
+    "SCENE_SUPERCLASSES", "SUPERCLASS_OF", "SCENE_LABELS", "scene_class_names",
 ]
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+# Scene super-classes: shape-distinct groups of the ten classes (tops = T-shirt, pullover, coat, shirt;
+# footwear = sandal, sneaker, ankle boot). SUPERCLASS_OF[c] is the super-class of Fashion-MNIST class c.
+SCENE_SUPERCLASSES = ("tops", "trouser", "dress", "footwear", "bag")
+SUPERCLASS_OF = (0, 1, 0, 2, 0, 3, 0, 3, 4, 3)
+SCENE_LABELS = {"classes": FASHION_CLASSES, "superclasses": SCENE_SUPERCLASSES}
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 # sha256 of the *decompressed* official idx files (robust to how a distribution recompresses them)
@@ -254,26 +260,66 @@ def add_label_noise(labels: Tensor, rate: float, num_classes: int, seed: int,
 
 # ---- segmentation scenes --------------------------------------------------------------------
 
+def scene_class_names(labels: str = "classes") -> tuple[str, ...]:
+    """The mask classes of :func:`fashion_scenes` in index order: ``("background", *garment labels)``."""
+    if labels not in SCENE_LABELS:
+        raise ValueError(f"Invalid labels {labels!r}. Choose 'classes' (the 10 Fashion-MNIST classes) or "
+                         "'superclasses' (tops, trouser, dress, footwear, bag).")
+    return ("background", *SCENE_LABELS[labels])
+
+
+def _balanced_garments(garments: Tensor, classes: Tensor, group_of: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """The first garments of each class in source order, so that every label (``group_of[class]``)
+    has the same count m (the rarest label's) and, inside a label, its classes share m equally."""
+    groups: dict = {}
+    for c, g in enumerate(group_of):
+        groups.setdefault(g, []).append(c)
+    counts = {g: sum(int((classes == c).sum()) for c in members) for g, members in groups.items()}
+    m = min(counts.values())
+    keep = []
+    for members in groups.values():
+        for i, c in enumerate(members):
+            quota = m // len(members) + (i < m % len(members))
+            keep.append(torch.nonzero(classes == c).flatten()[:quota])
+    keep = torch.sort(torch.cat(keep)).values
+    return garments[keep], classes[keep]
+
+
 def fashion_scenes(n: int, seed: int, split: str = "train", size: int = 64, objects: tuple[int, int] = (2, 4),
                    scale: tuple[float, float] | None = None, mask_noise: float = 0.0, source=None,
-                   return_clean: bool = False, subset: bool | None = True):
+                   return_clean: bool = False, subset: bool | None = True, labels: str = "classes",
+                   balance: bool = False):
     """Scenes of 2-4 real Fashion-MNIST garments pasted on a textured ``size x size`` canvas.
 
     Returns ``(images, masks)``: images float n x 1 x size x size in [0, 1]; masks int64
-    n x size x size with 0 = background and 1..10 = garment class + 1. Garments get a random
-    position, scale (relative to 28 px) and paste order, so later ones occlude earlier ones.
+    n x size x size with 0 = background and 1..K = garment label + 1. ``labels="classes"``
+    labels the K = 10 Fashion-MNIST classes; ``labels="superclasses"`` the K = 5 shape-distinct
+    :data:`SCENE_SUPERCLASSES` (tops, trouser, dress, footwear, bag) of the *same* scenes: the
+    images, and which objects ``mask_noise`` relabels, are identical for a given ``seed``; only the
+    labels differ (:func:`scene_class_names` names them). ``balance=True`` makes every label equally
+    frequent: garments are drawn from an equal number per label (the rarest label's count, the first
+    ones of each class in source order, shared equally by the classes of a super-class), so with
+    super-classes the four kinds of tops no longer outnumber a bag four to one (on the stratified
+    bundled subset the 10 classes are balanced already). Garments get a random position, scale
+    (relative to 28 px) and paste order, so later ones occlude earlier ones.
     ``scale=None`` is (0.9, 1.6) on a 64-pixel canvas, shrunk in proportion on smaller ones, so
     garments fill the same fraction of any canvas.
     The images are real garments; the masks are *derived* (a pixel belongs to a garment where its
     intensity exceeds 0.1). ``mask_noise`` relabels that fraction of whole objects with a wrong
-    class in the mask (images untouched); ``return_clean=True`` also returns the clean masks.
+    label (one of the other K - 1, uniformly) in the mask: every pixel of the object, never the
+    background and never to background; images untouched. ``return_clean=True`` also returns the clean masks.
     Deterministic per ``seed``; vectorized (affine_grid / grid_sample), so thousands take seconds.
     """
     if not 0.0 <= mask_noise < 1.0:
         raise ValueError(f"Invalid mask_noise: {mask_noise!r}. It must lie in [0, 1).")
+    num_labels = len(scene_class_names(labels)) - 1
     if scale is None:
         scale = (0.9 * size / 64, 1.6 * size / 64)
     garments, classes = source if source is not None else load_fashion_mnist(split, subset=subset)
+    group_of = SUPERCLASS_OF if labels == "superclasses" else tuple(range(len(FASHION_CLASSES)))
+    if balance:
+        garments, classes = _balanced_garments(garments, classes, group_of)
+    classes = torch.tensor(group_of)[classes]
     garments = to_float(garments)
     gen = torch.Generator().manual_seed(seed)
     lo, hi = objects
@@ -301,7 +347,8 @@ def fashion_scenes(n: int, seed: int, split: str = "train", size: int = 64, obje
         label = classes[pick] + 1
         clean = torch.where(alpha[:, 0], label.view(n, 1, 1), clean)
         wrong = (torch.rand(n, generator=gen) < mask_noise) & present
-        shown = torch.where(wrong, (label - 1 + torch.randint(1, 10, (n,), generator=gen)) % 10 + 1, label)
+        shift = torch.randint(1, num_labels, (n,), generator=gen)              # never 0: always another label
+        shown = torch.where(wrong, (label - 1 + shift) % num_labels + 1, label)
         masks = torch.where(alpha[:, 0], shown.view(n, 1, 1), masks)
     images = images.clamp(0, 1)
     return (images, masks, clean) if return_clean else (images, masks)

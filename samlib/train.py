@@ -28,7 +28,8 @@ from .models import build_model
 from .optim import OPTIMIZERS
 
 __all__ = ["TrainConfig", "train", "evaluate", "make_optimizer", "default_device", "environment_info",
-           "write_json_atomic", "segmentation_scores", "final_sharpness"]
+           "write_json_atomic", "segmentation_scores", "segmentation_memorization", "history_peak",
+           "trivial_segmentation_scores", "final_sharpness"]
 
 METHODS = ("SGD", *OPTIMIZERS)
 
@@ -113,13 +114,97 @@ def _lr_lambda(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
     return lambda step: 1.0
 
 
-def segmentation_scores(confusion: torch.Tensor) -> dict:
-    """mIoU (over classes present in targets or predictions) and pixel accuracy from a confusion matrix."""
+def segmentation_scores(confusion: torch.Tensor, background: int = 0) -> dict:
+    """Scores of a confusion matrix ``C`` (``C[i, j]``: pixels of true class i predicted as j).
+
+    ``IoU_c = C_cc / (sum_j C_cj + sum_i C_ic - C_cc)`` for every class present in the targets or the
+    predictions (``None`` in ``class_iou`` for an absent class). ``miou`` averages the present classes,
+    background included (the usual definition); ``garment_miou`` averages the present classes other
+    than ``background`` (``None`` if there are none); ``background_iou`` is the background's own IoU.
+    On scenes that are mostly background, ``miou`` mixes an easy class with the hard ones: report
+    ``garment_miou`` and ``background_iou`` separately.
+    """
     confusion = confusion.double()
     tp = confusion.diag()
     union = confusion.sum(0) + confusion.sum(1) - tp
     present = union > 0
-    return {"miou": float((tp[present] / union[present]).mean()), "pixel_acc": float(tp.sum() / confusion.sum())}
+    iou = tp / union.clamp_min(1)
+    garments = present.clone()
+    garments[background] = False
+    return {"miou": float(iou[present].mean()), "pixel_acc": float(tp.sum() / confusion.sum()),
+            "garment_miou": float(iou[garments].mean()) if garments.any() else None,
+            "background_iou": float(iou[background]) if present[background] else None,
+            "class_iou": [float(v) if p else None for v, p in zip(iou, present)]}
+
+
+def segmentation_memorization(pred: torch.Tensor, noisy: torch.Tensor, clean: torch.Tensor, num_classes: int) -> dict:
+    """How much of the mask noise a segmentation model reproduces, and how much of that is chance.
+
+    Pixel level, on the training masks: ``train_clean_acc`` / ``train_noisy_acc`` (agreement with the
+    clean / noisy masks), ``train_clean_garment_miou``; where pixels were relabelled (noisy != clean):
+
+    - ``memorized``: the fraction of relabelled pixels predicted with their *noisy* label;
+    - ``memorized_chance``: what the model would score there anyway, by predicting them as it predicts
+      the *unrelabelled* pixels of the same true class: the mean over relabelled pixels of
+      ``P(pred = noisy label | true class, unrelabelled pixel)``, read off its confusion matrix;
+    - ``memorized_excess`` = ``memorized - memorized_chance``: the part that is fitting the noise.
+
+    A model that paints every garment with one class memorizes the flips to that class "by chance";
+    only the excess measures memorization.
+    """
+    pred, noisy, clean = pred.cpu(), noisy.cpu(), clean.cpu()
+    k = num_classes
+    out = {"train_clean_acc": float((pred == clean).double().mean()),
+           "train_noisy_acc": float((pred == noisy).double().mean())}
+    fitted = segmentation_scores(torch.bincount((clean * k + pred).flatten(), minlength=k * k).view(k, k))
+    out["train_clean_garment_miou"] = fitted["garment_miou"]
+    changed = noisy != clean
+    if changed.any():
+        kept = ~changed
+        confusion = torch.bincount((clean[kept] * k + pred[kept]), minlength=k * k).view(k, k).double()
+        rate = confusion / confusion.sum(1, keepdim=True).clamp_min(1)
+        memorized = float((pred[changed] == noisy[changed]).double().mean())
+        chance = float(rate[clean[changed], noisy[changed]].mean())
+        out.update(memorized=memorized, memorized_chance=chance, memorized_excess=memorized - chance)
+    return out
+
+
+@torch.no_grad()
+def _segmentation_memorization(model, x, noisy, clean, device, num_classes, batch_size=256) -> dict:
+    model.eval()
+    pred = torch.cat([model(to_float(x[i:i + batch_size].to(device))).argmax(1).cpu()
+                      for i in range(0, len(x), batch_size)])
+    model.train()
+    return segmentation_memorization(pred, noisy, clean, num_classes)
+
+
+def history_peak(history: list[dict], key: str = "test_garment_miou", select: str | None = None) -> dict:
+    """The peak, the final value and the drop of ``key`` over a run's evaluated epochs.
+
+    ``peak``/``peak_epoch``: the largest value of ``key`` (on the *test* set this is a diagnostic of
+    degradation, never a result one could have chosen). ``final``: the last evaluation; ``drop`` =
+    ``peak - final``. With ``select`` (e.g. ``"val_garment_miou"``) also ``stopped``/``stopped_epoch``:
+    ``key`` at the epoch with the best ``select`` (early stopping on validation; the first on ties).
+    """
+    rows = [h for h in history if h.get(key) is not None]
+    if not rows:
+        raise ValueError(f"No evaluated epoch has {key!r}; evaluated keys: {sorted(history[-1])}.")
+    peak = max(rows, key=lambda h: h[key])
+    out = {"peak": peak[key], "peak_epoch": peak["epoch"], "final": rows[-1][key], "final_epoch": rows[-1]["epoch"]}
+    out["drop"] = out["peak"] - out["final"]
+    if select is not None:
+        stop = max((h for h in rows if h.get(select) is not None), key=lambda h: h[select])
+        out.update(stopped=stop[key], stopped_epoch=stop["epoch"])
+    return out
+
+
+def trivial_segmentation_scores(target: torch.Tensor, garment_class: int, num_classes: int) -> dict:
+    """:func:`segmentation_scores` of the trivial predictor "perfect foreground mask + one garment class":
+    background where ``target`` is background, ``garment_class`` on every garment pixel. With the most
+    frequent garment class of the training masks it is the floor a segmentation model must beat."""
+    pred = torch.where(target > 0, torch.full_like(target, garment_class), target)
+    k = num_classes
+    return segmentation_scores(torch.bincount((target * k + pred).flatten(), minlength=k * k).view(k, k))
 
 
 @torch.no_grad()
@@ -272,7 +357,8 @@ def train(config: TrainConfig, train_data: tuple, test_data: tuple | None = None
                 row["train_acc"] = int(correct) / seen
             evaluating = (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs
             if clean is not None and evaluating:
-                row.update(_memorization(model, x, y, clean, device))
+                row.update(_memorization(model, x, y, clean, device) if config.task == "classification" else
+                           _segmentation_memorization(model, x, y, clean, device, num_classes))
             for name, data in (("val", val_data), ("test", test_data)):
                 if data is not None and evaluating:
                     scores = evaluate(model, data[0], data[1], config.task, device=device, num_classes=num_classes)

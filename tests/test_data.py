@@ -190,6 +190,76 @@ def test_mask_noise_zero_gives_clean_masks():
     assert torch.equal(m, clean)
 
 
+@pytest.fixture(scope="module")
+def garments():
+    return D.load_fashion_mnist("train", subset=True)
+
+
+def test_superclass_map_groups_the_named_classes():
+    groups = {"tops": {"T-shirt/top", "Pullover", "Coat", "Shirt"}, "trouser": {"Trouser"}, "dress": {"Dress"},
+              "footwear": {"Sandal", "Sneaker", "Ankle boot"}, "bag": {"Bag"}}
+    assert D.SCENE_SUPERCLASSES == tuple(groups)
+    for c, name in enumerate(D.FASHION_CLASSES):
+        assert name in groups[D.SCENE_SUPERCLASSES[D.SUPERCLASS_OF[c]]], name
+    assert D.scene_class_names("superclasses") == ("background", "tops", "trouser", "dress", "footwear", "bag")
+    assert D.scene_class_names() == ("background", *D.FASHION_CLASSES)
+    with pytest.raises(ValueError, match="superclasses"):
+        D.scene_class_names("coarse")
+    with pytest.raises(ValueError, match="labels"):
+        D.fashion_scenes(2, seed=0, labels="coarse")
+
+
+def test_superclass_scenes_relabel_the_same_scenes(garments):
+    x10, m10, c10 = D.fashion_scenes(96, seed=4, size=32, source=garments, mask_noise=0.4, return_clean=True)
+    x5, m5, c5 = D.fashion_scenes(96, seed=4, size=32, source=garments, mask_noise=0.4, return_clean=True,
+                                  labels="superclasses")
+    assert torch.equal(x10, x5)                                   # the same images
+    to_super = torch.tensor([0] + [s + 1 for s in D.SUPERCLASS_OF])
+    assert torch.equal(c5, to_super[c10])                         # the clean masks through the class map
+    assert torch.equal(m5 != c5, m10 != c10)                      # noise picks the same objects
+    assert set(c5.unique().tolist()) == set(range(6))             # every super-class occurs
+
+
+def test_superclass_scenes_are_deterministic(garments):
+    first = D.fashion_scenes(32, seed=9, size=32, source=garments, mask_noise=0.4, return_clean=True, labels="superclasses")
+    again = D.fashion_scenes(32, seed=9, size=32, source=garments, mask_noise=0.4, return_clean=True, labels="superclasses")
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    other = D.fashion_scenes(32, seed=10, size=32, source=garments, mask_noise=0.4, labels="superclasses")
+    assert not torch.equal(other[1], first[1])
+
+
+def test_balance_gives_every_super_class_the_same_count(garments):
+    images, classes = D._balanced_garments(*garments, D.SUPERCLASS_OF)
+    per_super = torch.bincount(torch.tensor(D.SUPERCLASS_OF)[classes], minlength=5)
+    assert per_super.tolist() == [1000] * 5                        # the rarest super-class has 1000 garments
+    per_class = torch.bincount(classes, minlength=10)
+    assert per_class[[0, 2, 4, 6]].tolist() == [250] * 4           # the four kinds of tops share equally
+    assert sorted(per_class[[5, 7, 9]].tolist()) == [333, 333, 334]  # and the three kinds of footwear
+    first_coats = torch.nonzero(garments[1] == 4).flatten()[:250]  # the first coats in source order
+    assert torch.equal(images[classes == 4], garments[0][first_coats])
+    _, m_bal = D.fashion_scenes(300, seed=5, size=32, source=garments, labels="superclasses", balance=True)
+    _, m_raw = D.fashion_scenes(300, seed=5, size=32, source=garments, labels="superclasses")
+    tops_share = [float((m == 1).sum() / (m > 0).sum()) for m in (m_bal, m_raw)]
+    assert tops_share[0] < 0.3 < 0.4 < tops_share[1]               # tops: about 1/5 of garment pixels, not 2/5
+    classes_10 = D.fashion_scenes(64, seed=5, size=32, source=garments, return_clean=True)
+    assert all(torch.equal(a, b) for a, b in zip(classes_10, D.fashion_scenes(64, seed=5, size=32, source=garments,
+                                                                                return_clean=True, balance=True)))
+
+
+@pytest.mark.parametrize("labels, k", [("classes", 10), ("superclasses", 5)])
+def test_mask_noise_never_touches_the_background(garments, labels, k):
+    _, noisy, clean = D.fashion_scenes(400, seed=2, size=32, source=garments, mask_noise=0.4, return_clean=True,
+                                       labels=labels)
+    assert torch.equal(noisy == 0, clean == 0)                    # background stays background, both ways
+    assert 0 <= int(noisy.min()) and int(noisy.max()) <= k
+    changed = noisy != clean
+    fraction = float(changed.sum() / (clean > 0).sum())
+    assert 0.3 < fraction < 0.5                                   # about 40% of the (visible) garment pixels
+    shift = (noisy[changed] - clean[changed]) % k                 # which of the other k - 1 labels it became
+    counts = torch.bincount(shift, minlength=k).float()
+    assert counts[0] == 0 and counts[1:].min() > 0.5 * counts[1:].mean()
+
+
 def test_batches_cover_each_example_once_and_are_reproducible():
     x = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1)
     y = torch.arange(10)

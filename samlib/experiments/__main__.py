@@ -163,7 +163,7 @@ def _dispatch(args, parser):
         return summary
     print()
     print(format_summary(summary))
-    path = plot_summary(args.out, "test_miou" if summary["selection_metric"] == "val_miou" else "test_acc")
+    path = plot_summary(args.out, "test_garment_miou" if summary["selection_metric"] == "val_garment_miou" else "test_acc")
     print(f"figure: {path}\nrecords: {Path(args.out) / 'records'}")
     return summary
 

@@ -23,15 +23,19 @@ class DataSpec:
     noise_kind: str = "symmetric"     # label noise ("symmetric" | "pairflip"); scenes: object-level mask noise
     subset: bool | None = True        # Fashion-MNIST: True = the bundled subset (offline, reproducible)
     root: str | None = None           # where full datasets live
-    data_seed: int = 0
+    data_seed: int | None = 0         # None: each training seed draws its own data (data_seed = seed; see run_grid)
     verify: bool = True               # check the CIFAR archive's official md5
     scene_size: int = 64              # fashion_scenes: canvas side in pixels (garments scale with it)
+    scene_labels: str = "classes"     # fashion_scenes: "classes" (10 garment classes) | "superclasses" (5 groups)
+    scene_balance: bool = False       # fashion_scenes: every label equally frequent (see fashion_scenes' balance)
 
     def validate(self):
         if self.dataset not in ("fashion", "fashion_scenes", "cifar10", "cifar100"):
             raise ValueError(f"Unknown dataset {self.dataset!r}. Choose fashion, fashion_scenes, cifar10 or cifar100.")
         if self.scene_size < 16 or self.scene_size % 4:
             raise ValueError(f"Invalid scene_size {self.scene_size}: use a multiple of 4 (the U-Net pools twice), >= 16.")
+        if self.scene_labels not in D.SCENE_LABELS:
+            raise ValueError(f"Invalid scene_labels {self.scene_labels!r}. Choose one of: {', '.join(D.SCENE_LABELS)}.")
         return self
 
 
@@ -47,6 +51,9 @@ def prepare_data(spec: DataSpec, noise_rate: float = 0.0) -> dict:
     validation split, so the validation set holds the same fraction of noisy labels as training.
     """
     spec.validate()
+    if spec.data_seed is None:
+        raise ValueError("DataSpec.data_seed is None (one data draw per training seed): resolve it first, e.g. "
+                         "dataclasses.replace(spec, data_seed=seed), as run_grid does.")
     seed_take, seed_test, seed_noise, seed_split = (1000 * spec.data_seed + k for k in range(4))
     if not 0.0 <= noise_rate < 1.0:
         raise ValueError(f"Invalid noise rate: {noise_rate!r}. It must lie in [0, 1).")
@@ -55,9 +62,11 @@ def prepare_data(spec: DataSpec, noise_rate: float = 0.0) -> dict:
         garments_tr = D.load_fashion_mnist("train", root=spec.root, subset=spec.subset)
         garments_te = D.load_fashion_mnist("test", root=spec.root, subset=spec.subset)
         x, y, clean = D.fashion_scenes(n_train, seed_take, source=garments_tr, mask_noise=noise_rate,
-                                       return_clean=True, size=spec.scene_size)
-        xt, yt = D.fashion_scenes(n_test, seed_test, source=garments_te, size=spec.scene_size)
-        task, num_classes = "segmentation", 11
+                                       return_clean=True, size=spec.scene_size, labels=spec.scene_labels,
+                                       balance=spec.scene_balance)
+        xt, yt = D.fashion_scenes(n_test, seed_test, source=garments_te, size=spec.scene_size, labels=spec.scene_labels,
+                                  balance=spec.scene_balance)
+        task, num_classes = "segmentation", len(D.scene_class_names(spec.scene_labels))
     else:
         if spec.dataset == "fashion":
             x, clean = D.load_fashion_mnist("train", root=spec.root, subset=spec.subset)
@@ -69,8 +78,9 @@ def prepare_data(spec: DataSpec, noise_rate: float = 0.0) -> dict:
             num_classes = D.CIFAR[spec.dataset]["classes"]
         idx = _take(len(x), spec.n_train, seed_take)
         x, clean = x[idx], clean[idx]
-        tidx = _take(len(xt), spec.n_test, seed_test)
-        xt, yt = xt[tidx], yt[tidx]
+        if spec.n_test is not None:   # None: every test image, in the dataset's order (the same for every data_seed)
+            tidx = _take(len(xt), spec.n_test, seed_test)
+            xt, yt = xt[tidx], yt[tidx]
         y = clean
         if noise_rate > 0:
             y, _ = D.add_label_noise(clean, noise_rate, num_classes, seed=seed_noise, kind=spec.noise_kind)
