@@ -25,13 +25,16 @@ from torch import nn
 from . import __version__
 from .data import AUGMENTATIONS, Batches, augment_batch, to_float
 from .models import build_model
-from .optim import OPTIMIZERS, frozen_bn_stats
+from .optim import OPTIMIZERS, InverseVarianceSAM, frozen_bn_stats
 
 __all__ = ["TrainConfig", "train", "evaluate", "make_optimizer", "default_device", "environment_info",
            "write_json_atomic", "segmentation_scores", "final_sharpness", "calibration_error",
            "classification_memorization", "encode_predictions", "decode_predictions", "TAIL_EVALUATIONS"]
 
-METHODS = ("SGD", *OPTIMIZERS)
+#: Comparison baselines a grid may run besides the variants (chapter 07 runs inverse-variance weighting,
+#: the alternative reading of the paper); ``samlib.optim.OPTIMIZERS`` deliberately leaves them out.
+BASELINES = {"InverseVarianceSAM": InverseVarianceSAM}
+METHODS = ("SGD", *OPTIMIZERS, *BASELINES)
 
 
 def default_device() -> torch.device:
@@ -111,7 +114,7 @@ def make_optimizer(config: TrainConfig, params):
     if config.method == "SGD":
         return torch.optim.SGD(params, **base)
     hparams = {k: v for k, v in config.hparams.items() if k != "lr"}
-    return OPTIMIZERS[config.method](params, torch.optim.SGD, **hparams, **base)
+    return {**OPTIMIZERS, **BASELINES}[config.method](params, torch.optim.SGD, **hparams, **base)
 
 
 def _lr_lambda(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
