@@ -225,7 +225,7 @@ def write_json_atomic(path: Path, obj) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True), encoding="utf-8")
     os.replace(tmp, path)
 
 

@@ -207,13 +207,13 @@ def test_experiments_under_torchrun(tmp_path):
            "-m", "samlib.experiments", "grid", "--methods", "SAM:rho=0.05", "--seeds", "0", "--n-train", "160",
            "--epochs", "1", "--batch-size", "32", "--device", "cpu", "--perturbation", "synced", "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    done = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     records = list((out / "records").glob("*.json"))
     assert len(records) == 1 and done.stdout.count("grid 'grid'") == 1      # rank 0 alone writes and logs
-    record = json.loads(records[0].read_text())
+    record = json.loads(records[0].read_text(encoding="utf-8"))
     assert record["config"]["perturbation"] == "synced"
     cmd[cmd.index("--master_port") + 1] = str(_free_port())
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    again = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", timeout=300, env=env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "record exists, skipped" in again.stdout

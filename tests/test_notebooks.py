@@ -16,7 +16,7 @@ def test_there_are_chapters():
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: str(p.relative_to(CHAPTERS)))
 def test_notebook_is_clean(path):
-    nb = json.loads(path.read_text())
+    nb = json.loads(path.read_text(encoding="utf-8"))
     for cell in nb["cells"]:
         if cell["cell_type"] == "code":
             assert cell.get("outputs") == [] and cell.get("execution_count") is None, f"{path.name} has outputs"
@@ -25,7 +25,7 @@ def test_notebook_is_clean(path):
 
 @pytest.mark.parametrize("path", MAIN, ids=lambda p: p.name)
 def test_chapter_structure(path):
-    nb = json.loads(path.read_text())
+    nb = json.loads(path.read_text(encoding="utf-8"))
     text = "\n".join("".join(c["source"]) for c in nb["cells"])
     for part in ("Learning objectives", "Prerequisites", "Runtime", "## Summary", "## Exercises"):
         assert part in text, f"{path.name} lacks '{part}'"
@@ -40,7 +40,7 @@ def test_chapter_structure(path):
 
 @pytest.mark.parametrize("path", MAIN, ids=lambda p: p.name)
 def test_derivations_are_checked_by_assertions(path):
-    nb = json.loads(path.read_text())
+    nb = json.loads(path.read_text(encoding="utf-8"))
     code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
     if path.name.startswith("00"):
         assert "assert" in code

@@ -13,7 +13,7 @@ RESULTS = {"07_classification": E.classification_grid, "08_segmentation": E.segm
 
 
 def _markdown(notebook: pathlib.Path) -> str:
-    nb = json.loads(notebook.read_text())
+    nb = json.loads(notebook.read_text(encoding="utf-8"))
     return "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
 
 
@@ -45,7 +45,7 @@ def test_chapter_reports_the_tables_the_records_give(results):
     found = re.search(rf"<!-- results:{name} -->\n(.*?)\n<!-- /results:{name} -->", text, re.S)
     assert found, f"{name}.ipynb lacks its results block"
     assert found.group(1).strip() == expected, f"{name}.ipynb reports tables that its records do not give"
-    committed = (E.COURSE_RESULTS / name / "summary.md").read_text()
+    committed = (E.COURSE_RESULTS / name / "summary.md").read_text(encoding="utf-8")
     assert committed == E.format_summary(summary), f"{name}/summary.md is stale: rerun `summarize`"
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from samlib import experiments as E
+from samlib.experiments import __main__ as cli, runner
 from samlib.data import load_fashion_mnist
 from samlib.train import TrainConfig, evaluate, segmentation_scores, train
 
@@ -34,7 +35,7 @@ def test_train_records_history_and_is_reproducible(tiny, tmp_path, method, hp):
         assert key in row
     strip = [{k: v for k, v in h.items() if k != "epoch_time"} for h in r1["history"]]
     assert strip == [{k: v for k, v in h.items() if k != "epoch_time"} for h in r2["history"]]
-    saved = json.loads((tmp_path / "r.json").read_text())
+    saved = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
     assert saved["config"]["method"] == method and saved["environment"]["torch"] == torch.__version__
     assert saved["final"]["test_acc"] == row["test_acc"]
     assert row["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine schedule ends at 0
@@ -104,7 +105,7 @@ def _tiny_grid(**kw):
 def test_grid_runs_resumes_and_summarizes(tmp_path, monkeypatch):
     grid = _tiny_grid()
     calls = []
-    real_train = E.train
+    real_train = runner.train
 
     def flaky(*args, **kwargs):
         calls.append(1)
@@ -112,7 +113,7 @@ def test_grid_runs_resumes_and_summarizes(tmp_path, monkeypatch):
             raise KeyboardInterrupt  # an interruption mid-grid
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr(E, "train", flaky)
+    monkeypatch.setattr(runner, "train", flaky)
     with pytest.raises(KeyboardInterrupt):
         E.run_grid(grid, tmp_path, progress=False, log=lambda *_: None)
     assert len(list((tmp_path / "records").glob("*.json"))) == 3
@@ -121,7 +122,7 @@ def test_grid_runs_resumes_and_summarizes(tmp_path, monkeypatch):
     assert len(calls) == 4 + 9  # the 3 finished runs were not redone
     assert len(list((tmp_path / "records").glob("*.json"))) == 12
 
-    monkeypatch.setattr(E, "train", lambda *a, **k: pytest.fail("a finished run was re-run"))
+    monkeypatch.setattr(runner, "train", lambda *a, **k: pytest.fail("a finished run was re-run"))
     E.run_grid(grid, tmp_path, progress=False, log=lambda *_: None)
 
     records = E.load_records(tmp_path)
@@ -133,7 +134,7 @@ def test_grid_runs_resumes_and_summarizes(tmp_path, monkeypatch):
     mean = sum(accs) / 2
     std = (sum((a - mean) ** 2 for a in accs) / 1) ** 0.5
     assert row["test_acc"] == pytest.approx((mean, std))
-    assert "±" in (tmp_path / "summary.md").read_text()
+    assert "±" in (tmp_path / "summary.md").read_text(encoding="utf-8")
     # rho is selected on validation accuracy, per noise rate and method
     for sel in summary["selected"]:
         rivals = [r for r in summary["rows"] if r["method"] == sel["method"] and r["noise_rate"] == sel["noise_rate"]]
@@ -174,8 +175,8 @@ def test_cli_grid_and_summarize(tmp_path, capsys):
 
 
 def test_parse_method():
-    assert E._parse_method("InfoSAM:rho=0.05,0.1;beta=0.9") == ("InfoSAM", {"rho": [0.05, 0.1], "beta": [0.9]})
-    assert E._parse_method("SGD") == ("SGD", {})
+    assert cli._parse_method("InfoSAM:rho=0.05,0.1;beta=0.9") == ("InfoSAM", {"rho": [0.05, 0.1], "beta": [0.9]})
+    assert cli._parse_method("SGD") == ("SGD", {})
 
 
 def test_readme_demo_runs_in_quick_mode(tmp_path, capsys):
@@ -272,6 +273,7 @@ def test_saved_models_reproduce_their_records(tmp_path):
     E.run_grid(grid, tmp_path, progress=False, log=lambda *_: None)
     assert sorted(p.name for p in (tmp_path / "models").glob("*")) == ["noise0.4_SAM-rho0.05_seed1.pt"]
     rec = next(r for r in E.load_records(tmp_path) if r["config"]["seed"] == 1)
+    assert (rec["num_classes"], rec["in_channels"]) == (10, 1)  # load_model rebuilds the architecture from these
     model = E.load_model(tmp_path, rec)
     xt, yt = E.prepare_data(grid.data, 0.4)["test"]
     assert evaluate(model, xt, yt)["acc"] == rec["final"]["test_acc"]
