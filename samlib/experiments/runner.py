@@ -20,7 +20,7 @@ from .report import summarize
 from .spec import prepare_data
 from .stats import metric_keys, write_json_atomic
 
-__all__ = ["run_grid", "load_model"]
+__all__ = ["run_grid", "run_data", "load_model"]
 
 
 def _exists_on_rank_zero(path: Path) -> bool:
@@ -61,13 +61,14 @@ def run_grid(grid: Grid, out_dir: str | Path, progress: bool = True, log=print, 
         if _exists_on_rank_zero(path):
             log(f"[{i}/{len(runs)}] {rid}: record exists, skipped")
             continue
-        if rate not in data_cache:
-            data_cache[rate] = prepare_data(grid.data, rate)
-        d = data_cache[rate]
+        spec = run_data(grid, config.seed)
+        if (rate, spec.data_seed) not in data_cache:
+            data_cache[(rate, spec.data_seed)] = prepare_data(spec, rate)
+        d = data_cache[(rate, spec.data_seed)]
         config.task = d["task"]
         record = train(config, d["train"], d["test"], d["val"], num_classes=d["num_classes"],
                        in_channels=d["in_channels"], progress=progress,
-                       extra_record={"run_id": rid, "noise_rate": rate, "data": dataclasses.asdict(grid.data),
+                       extra_record={"run_id": rid, "noise_rate": rate, "data": dataclasses.asdict(spec),
                                      "num_classes": d["num_classes"], "in_channels": d["in_channels"]})
         model = record.pop("model")
         if is_rank_zero():  # the weights first: a run counts as done only once its record exists
@@ -79,6 +80,12 @@ def run_grid(grid: Grid, out_dir: str | Path, progress: bool = True, log=print, 
     if not is_rank_zero():
         return {}
     return summarize(out)
+
+
+def run_data(grid: Grid, seed: int):
+    """The data a run of ``grid`` with training seed ``seed`` trains on: ``grid.data``, with
+    ``data_seed = seed`` when ``grid.data.data_seed`` is None (a fresh split and noise draw per seed)."""
+    return grid.data if grid.data.data_seed is not None else dataclasses.replace(grid.data, data_seed=seed)
 
 
 def _save_weights(model: torch.nn.Module, path: Path) -> None:

@@ -23,7 +23,7 @@ class DataSpec:
     noise_kind: str = "symmetric"     # label noise ("symmetric" | "pairflip"); scenes: object-level mask noise
     subset: bool | None = True        # Fashion-MNIST: True = the bundled subset (offline, reproducible)
     root: str | None = None           # where full datasets live
-    data_seed: int = 0
+    data_seed: int | None = 0         # None: each training seed draws its own data (data_seed = seed; see run_grid)
     verify: bool = True               # check the CIFAR archive's official md5
     scene_size: int = 64              # fashion_scenes: canvas side in pixels (garments scale with it)
 
@@ -47,6 +47,9 @@ def prepare_data(spec: DataSpec, noise_rate: float = 0.0) -> dict:
     validation split, so the validation set holds the same fraction of noisy labels as training.
     """
     spec.validate()
+    if spec.data_seed is None:
+        raise ValueError("DataSpec.data_seed is None (one data draw per training seed): resolve it first, e.g. "
+                         "dataclasses.replace(spec, data_seed=seed), as run_grid does.")
     seed_take, seed_test, seed_noise, seed_split = (1000 * spec.data_seed + k for k in range(4))
     if not 0.0 <= noise_rate < 1.0:
         raise ValueError(f"Invalid noise rate: {noise_rate!r}. It must lie in [0, 1).")
@@ -69,8 +72,9 @@ def prepare_data(spec: DataSpec, noise_rate: float = 0.0) -> dict:
             num_classes = D.CIFAR[spec.dataset]["classes"]
         idx = _take(len(x), spec.n_train, seed_take)
         x, clean = x[idx], clean[idx]
-        tidx = _take(len(xt), spec.n_test, seed_test)
-        xt, yt = xt[tidx], yt[tidx]
+        if spec.n_test is not None:   # None: every test image, in the dataset's order (the same for every data_seed)
+            tidx = _take(len(xt), spec.n_test, seed_test)
+            xt, yt = xt[tidx], yt[tidx]
         y = clean
         if noise_rate > 0:
             y, _ = D.add_label_noise(clean, noise_rate, num_classes, seed=seed_noise, kind=spec.noise_kind)
