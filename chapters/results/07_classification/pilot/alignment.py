@@ -1,6 +1,6 @@
 """Chapter 07's pilot: is InfoSAM's perturbation better aligned with the full-data gradient *along training*?
 
-One InfoSAM run (seed 0) in the setting of chapter 07's grid (1500 bundled Fashion-MNIST training images with
+One InfoSAM run (seed 0) in the setting of chapter 07's grid (1200 bundled Fashion-MNIST training images with
 40% symmetric label noise, width-16 SmallCNN, lr 0.05, momentum 0.9, weight decay 5e-4, cosine schedule). Every
 ``--every`` steps, at the same weights w and before the step, it measures the cosine with the full-data gradient
 (all training images, their noisy labels, BatchNorm in train mode with frozen running statistics) of
@@ -12,10 +12,10 @@ One InfoSAM run (seed 0) in the setting of chapter 07's grid (1500 bundled Fashi
 
 and, at 10%, 50% and 90% of training, how much the running variance v_t overstates the minibatch variance at
 fixed w (sum v_t / sum Var_fixed-w(g_B), 40 minibatches; 1 + drift, ideally about 1.05).
-Adapted from the review's scripts/align_train.py. Run from the project root (about 4 CPU-minutes at batch 32):
+Adapted from the review's scripts/align_train.py. Run from the project root (1-2 CPU-minutes each):
 
-    OMP_NUM_THREADS=1 python chapters/results/07_classification/pilot/alignment.py --batch-size 32 --every 15
-    OMP_NUM_THREADS=1 python chapters/results/07_classification/pilot/alignment.py --batch-size 128 --every 4
+    SAMLIB_MODE=standard OMP_NUM_THREADS=1 python chapters/results/07_classification/pilot/alignment.py --batch-size 32 --every 12
+    SAMLIB_MODE=standard OMP_NUM_THREADS=1 python chapters/results/07_classification/pilot/alignment.py --batch-size 128 --every 3
 """
 import argparse
 import json
@@ -42,7 +42,8 @@ args = parser.parse_args()
 torch.set_num_threads(1)
 start = time.process_time()
 
-data = E.prepare_data(E.DataSpec(dataset="fashion", n_train=2500, n_test=2000, val_fraction=0.4, data_seed=0), 0.4)
+grid = E.classification_grid("b32")     # run with SAMLIB_MODE=standard: the committed grid's data, seed 0
+data = E.prepare_data(E.run_data(grid, 0), grid.noise_rates[0])
 x, y, _ = data["train"]
 X = to_float(x)
 torch.manual_seed(0)
