@@ -12,7 +12,8 @@ from torch import Tensor
 
 __all__ = ["two_wells", "two_wells_curvatures", "noisy_gd_landing", "two_basins_2d", "sam_trajectory",
            "dual_norm_perturbation", "cp_perturbation", "op_perturbation", "wiener_gain",
-           "expected_ascent_ratio", "NonconvexProblem", "presam_sgd", "synthetic_alignment"]
+           "expected_ascent_ratio", "NonconvexProblem", "presam_sgd", "synthetic_alignment",
+           "exact_sam_path"]
 
 
 # ---- chapter 01: a sharp and a flat minimum -------------------------------------------------
@@ -151,12 +152,17 @@ def synthetic_alignment(noise: float, beta: float = 0.9, dim: int = 200, steps: 
 # ---- chapter 04: convergence on a nonconvex problem ------------------------------------------
 
 class NonconvexProblem:
-    r""":math:`f(w) = \sum_i \big(\tfrac12 w_i^2 + a\cos w_i\big)`, nonconvex for :math:`a > 1`, :math:`L = 1 + a`,
-    bounded below, with stochastic gradients :math:`\nabla f(w) + \sigma\xi`, :math:`\xi\sim N(0, I)`."""
+    r""":math:`L(w) = \sum_i \big(\tfrac12 w_i^2 + a\cos w_i\big)`, nonconvex for :math:`a > 1`, with smoothness
+    constant :math:`\ell = 1 + a` (attribute ``ell``; ``L`` is an alias kept for old code), bounded below, and
+    stochastic gradients :math:`\nabla L(w) + \sigma\xi`, :math:`\xi\sim N(0, I)`.
+
+    Each coordinate has a maximum at 0 and minima at :math:`\pm w^*` (:math:`w^* = a\sin w^*`, 1.895 for
+    :math:`a = 2`); the curvature :math:`1 - a\cos w_i` is negative for :math:`|w_i| < \arccos(1/a)`.
+    """
 
     def __init__(self, dim: int = 10, a: float = 2.0, sigma: float = 1.0):
         self.dim, self.a, self.sigma = dim, a, sigma
-        self.L = 1.0 + a
+        self.ell = self.L = 1.0 + a
         self.f_star = dim * min(0.5 * t * t + a * math.cos(t) for t in torch.linspace(-4, 4, 80001).tolist())
 
     def f(self, w: Tensor) -> Tensor:
@@ -165,31 +171,80 @@ class NonconvexProblem:
     def grad(self, w: Tensor) -> Tensor:
         return w - self.a * torch.sin(w)
 
+    def curvature(self, w: Tensor) -> Tensor:
+        """The Hessian's diagonal :math:`1 - a\\cos w_i` (the Hessian is diagonal)."""
+        return 1.0 - self.a * torch.cos(w)
+
 
 def presam_sgd(problem: NonconvexProblem, T: int, eta: float, rho: float, runs: int = 64, seed: int = 0,
-               precond: Tensor | None = None, kind: str = "OP", w0: float = 2.5) -> dict:
+               precond: Tensor | None = None, kind: str = "OP", w0: float | str = 0.3,
+               direction: str = "ascent") -> dict:
     r"""preSAM with plain SGD on :class:`NonconvexProblem`, vectorized over ``runs`` seeds.
 
     :math:`\epsilon_t = \rho\,d/\|n\|` from a noisy gradient (OP: :math:`d = n = Pg`; CP with
     ``precond`` :math:`= C^{-1}`: :math:`n = C^{-1}g`, :math:`d = C^{-2}g`), then
     :math:`w \leftarrow w - \eta\,\tilde g(w+\epsilon)` with an independent noisy gradient.
-    Returns the per-run average of :math:`\|\nabla f(w_t)\|^2` over :math:`t < T`, its mean over
-    runs, and the mean of :math:`f(w_0) - f^*`.
+    ``rho=0`` is SGD (it draws the same noise, so runs are paired across ``rho``).
+
+    ``w0``: every coordinate starts there (default 0.3, in the negative-curvature region around the
+    maximum at 0), or ``"uniform"``: uniform in :math:`[-4, 4]` per coordinate.
+    ``direction``: ``"ascent"`` (preSAM), ``"descent"`` (:math:`-\epsilon_t`) or ``"random"``
+    (:math:`\rho u_t`, :math:`u_t` uniform on the unit sphere): the convergence bound of chapter 04 holds
+    for all three, since it only uses :math:`\|\epsilon_t\|`.
+
+    Returns the per-run average of :math:`\|\nabla L(w_t)\|^2` over :math:`t < T`, its mean over runs,
+    the mean of :math:`L(w_0) - L^*`, the fraction of coordinate-steps with negative curvature and the
+    mean :math:`\|\epsilon_t\|`.
     """
+    if direction not in ("ascent", "descent", "random"):
+        raise ValueError(f"Invalid direction: {direction!r}. Use 'ascent', 'descent' or 'random'.")
     gen = torch.Generator().manual_seed(seed)
     d = problem.dim
     P = torch.ones(d, dtype=torch.float64) if precond is None else precond.to(torch.float64)
-    w = torch.full((runs, d), w0, dtype=torch.float64)
+    if w0 == "uniform":
+        w = torch.rand(runs, d, generator=gen, dtype=torch.float64) * 8 - 4
+    elif isinstance(w0, str):
+        raise ValueError(f"Invalid w0: {w0!r}. Pass a number or 'uniform'.")
+    else:
+        w = torch.full((runs, d), float(w0), dtype=torch.float64)
     gap0 = float(problem.f(w).mean()) - problem.f_star
     acc = torch.zeros(runs, dtype=torch.float64)
+    negative, eps_norm = 0.0, 0.0
     for _ in range(T):
         true = problem.grad(w)
         acc += (true * true).sum(-1)
+        negative += float((problem.curvature(w) < 0).double().mean())
         g = true + problem.sigma * torch.randn(runs, d, generator=gen, dtype=torch.float64)
-        n = P * g
-        dvec = P * n if kind == "CP" else n
-        eps = rho * dvec / n.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+        if direction == "random":
+            u = torch.randn(runs, d, generator=gen, dtype=torch.float64)
+            eps = rho * u / u.norm(dim=-1, keepdim=True)
+        else:
+            n = P * g
+            dvec = P * n if kind == "CP" else n
+            eps = rho * dvec / n.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+            if direction == "descent":
+                eps = -eps
+        eps_norm += float(eps.norm(dim=-1).mean())
         g2 = problem.grad(w + eps) + problem.sigma * torch.randn(runs, d, generator=gen, dtype=torch.float64)
         w = w - eta * g2
     avg = acc / T
-    return {"avg_sq_grad": avg, "mean": float(avg.mean()), "gap0": gap0}
+    return {"avg_sq_grad": avg, "mean": float(avg.mean()), "gap0": gap0, "neg_curvature": negative / T,
+            "eps_norm": eps_norm / T}
+
+
+# ---- chapter 04: SAM's fixed points and its trap around a maximum ---------------------------
+
+def exact_sam_path(problem: NonconvexProblem, w0: Tensor, rho: float, lr: float, steps: int) -> Tensor:
+    r"""Full-gradient SAM on ``problem`` (its noise is ignored) from a batch of starts ``w0`` (runs x dim):
+    :math:`w \leftarrow w - \eta\,\nabla L\big(w + \rho\,\nabla L(w)/\|\nabla L(w)\|\big)`, with
+    :math:`\epsilon = 0` where :math:`\nabla L(w) = 0`. Returns the path, shape (steps + 1, runs, dim).
+    """
+    w = torch.as_tensor(w0, dtype=torch.float64).clone()
+    path = [w.clone()]
+    for _ in range(steps):
+        g = problem.grad(w)
+        norm = g.norm(dim=-1, keepdim=True)
+        eps = torch.where(norm > 0, rho * g / norm.clamp_min(1e-300), torch.zeros_like(g))
+        w = w - lr * problem.grad(w + eps)
+        path.append(w.clone())
+    return torch.stack(path)

@@ -86,8 +86,9 @@ def _presam_compute(c1, c2, angle):
     g = torch.tensor([np.cos(np.radians(angle)), np.sin(np.radians(angle))], dtype=torch.float64)
     c_inv = torch.tensor([c1, c2], dtype=torch.float64)
     rho = 1.0
-    return {"g": g, "sam": rho * g / g.norm(), "cp": toy.cp_perturbation(g, c_inv, rho),
-            "op": toy.op_perturbation(g, c_inv, rho), "c_inv": c_inv}
+    cp = toy.cp_perturbation(g, c_inv, rho)
+    return {"g": g, "sam": rho * g / g.norm(), "cp": cp, "op": toy.op_perturbation(g, c_inv, rho),
+            "op_sq": toy.op_perturbation(g, c_inv * c_inv, rho), "c_inv": c_inv, "cp_radius": float(cp.norm())}
 
 
 def _presam_plot(res, fig, c1, c2, angle):
@@ -95,14 +96,22 @@ def _presam_plot(res, fig, c1, c2, angle):
     t = np.linspace(0, 2 * np.pi, 300)
     ax.plot(np.cos(t), np.sin(t), "k--", lw=1, label=r"$\|\epsilon\|\leq\rho$ (SAM, OP)")
     ax.plot(c1 * np.cos(t), c2 * np.sin(t), "b-", lw=1, label=r"$\|C\epsilon\|\leq\rho$ (CP)")
-    for key, color, label in (("g", "gray", "gradient g"), ("sam", "k", "SAM"), ("cp", "b", "CP"), ("op", "m", "OP: P=diag(c)")):
+    # g is a unit vector and rho = 1, so rho g/||g|| = g: draw g longer and dashed, or SAM's arrow hides it
+    g = 1.35 * res["g"].numpy()
+    ax.annotate("", xy=g, xytext=(0, 0), arrowprops=dict(arrowstyle="->", color="gray", lw=1.5, ls="--"))
+    ax.plot([], [], color="gray", ls="--", label=r"gradient direction $g$ (drawn $1.35\rho$ long)")
+    arrows = (("sam", "k", "-", r"SAM: $\rho g/\|g\|$"),
+              ("cp", "b", "-", rf"CP, $C^{{-1}}$ = diag({c1:g}, {c2:g})"),
+              ("op", "m", "-", rf"OP, $P = C^{{-1}}$ = diag({c1:g}, {c2:g})"),
+              ("op_sq", "g", ":", r"OP, $P = C^{-2}$: CP's direction, $\|\epsilon\| = \rho$"))
+    for key, color, style, label in arrows:
         v = res[key].numpy()
-        ax.annotate("", xy=v, xytext=(0, 0), arrowprops=dict(arrowstyle="->", color=color, lw=2))
-        ax.plot([], [], color=color, label=label)
-    lim = max(c1, c2, 1.0) * 1.15
+        ax.annotate("", xy=v, xytext=(0, 0), arrowprops=dict(arrowstyle="->", color=color, lw=2, ls=style))
+        ax.plot([], [], color=color, ls=style, lw=2, label=label)
+    lim = max(c1, c2, 1.35) * 1.1
     ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal", xlabel=r"$\epsilon_1$", ylabel=r"$\epsilon_2$",
-           title=rf"$C^{{-1}}$ = diag({c1:g}, {c2:g}), gradient at {angle:g} degrees")
-    ax.legend(loc="lower left", fontsize=8)
+           title=rf"gradient at {angle:g}°; $\|\epsilon_{{CP}}\|/\rho$ = {res['cp_radius']:.2f}")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
 
 
 # ---- chapter 05 ----------------------------------------------------------------------------
