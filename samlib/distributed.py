@@ -95,13 +95,34 @@ def _grads(opt):
     return [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
 
 
+def _unscale_and_check(grads: list, scaler: torch.amp.GradScaler) -> torch.Tensor:
+    """Unscale ``grads`` in place and return a device flag, > 0 if any is inf/NaN: one fused multi-tensor
+    kernel per device and dtype (the one ``GradScaler.unscale_`` uses), no host sync."""
+    inv_scale = scaler._get_scale_async().double().reciprocal().float()   # get_scale() would sync
+    groups: dict = {}
+    for g in grads:
+        groups.setdefault((g.device, g.dtype), []).append(g)
+    found = []
+    for (device, _), tensors in groups.items():
+        flag = torch.zeros(1, device=device)
+        torch._amp_foreach_non_finite_check_and_unscale_(tensors, flag, inv_scale.to(device, non_blocking=True))
+        found.append(flag)
+    if not found:
+        return torch.zeros(1)
+    return torch.stack([f.to(found[0].device, non_blocking=True) for f in found]).sum()
+
+
 def amp_sam_step(model: nn.Module, opt: PreconditionedSAM, loss_fn, x, y, scaler: torch.amp.GradScaler | None = None,
                  dtype: torch.dtype = torch.float16, mode: str = "local"):
     """One SAM step under ``torch.autocast(dtype)``, with an optional ``GradScaler`` (needed for fp16).
 
     Returns ``(loss at w, output at w, perturbed)``; ``perturbed`` is False when the first pass
-    overflowed and the perturbation was skipped. With a scaler this makes one host sync, like
-    ``GradScaler.step`` itself.
+    overflowed and the perturbation was skipped (the running statistics are then left alone).
+
+    Host synchronizations per step: with a scaler, 2 on one device: this helper's overflow check
+    of the first pass (one fused unscale-and-check kernel per device and dtype, then one read of
+    the flag, needed to decide whether to perturb) and ``GradScaler.step``'s own check of the
+    second pass (one per device). Without a scaler (bf16), none.
     """
     _check_mode(mode)
     device_type = next(model.parameters()).device.type
@@ -111,13 +132,8 @@ def amp_sam_step(model: nn.Module, opt: PreconditionedSAM, loss_fn, x, y, scaler
             loss = loss_fn(out, y)
         (scaler.scale(loss) if scaler is not None else loss).backward()
     perturbed = True
-    if scaler is not None:
-        grads = _grads(opt)
-        finite = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
-        if finite:
-            inv_scale = 1.0 / scaler.get_scale()
-            torch._foreach_mul_(grads, inv_scale)      # unscaled gradients build the perturbation
-        perturbed = finite
+    if scaler is not None and scaler.is_enabled():
+        perturbed = not bool(_unscale_and_check(_grads(opt), scaler))   # the unscaled gradients build eps
     if perturbed:
         opt.first_step(zero_grad=True)
     else:
@@ -140,13 +156,21 @@ def m_sharpness_step(model: nn.Module, opt: PreconditionedSAM, loss_fn, x, y, m:
     """Single-process m-sharpness: each chunk of ``m`` examples gets its own perturbation.
 
     The base optimizer steps with the mean over chunks of the gradient at ``w + eps_chunk``
-    (the chunks' mean losses are averaged, as DDP averages per-rank gradients). Returns the mean
-    loss and the outputs at w.
+    (the chunks' mean losses are averaged, as DDP averages per-rank gradients); a parameter that
+    gets no gradient in any chunk keeps ``grad = None``, as in :func:`sam_step`, so weight decay and
+    momentum leave it alone. Returns the mean loss and the outputs at w.
+
+    Single process only: a DDP model would all-reduce every chunk's first pass (so the per-chunk
+    perturbations would silently become one synced one); under DDP, ``sam_step(mode="local")`` is
+    m-sharpness with m = the per-rank batch.
     """
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        raise ValueError("m_sharpness_step runs on one process and got a DistributedDataParallel model. Under DDP, "
+                         "use sam_step(..., mode='local'): each rank's perturbation is m-sharpness with m = its batch.")
     if len(x) % m:
         raise ValueError(f"Invalid m: {m}. The batch of {len(x)} must split into chunks of m examples.")
     params = [p for g in opt.param_groups for p in g["params"]]
-    total = [torch.zeros_like(p) for p in params]
+    totals: dict = {}                                  # only parameters that got a gradient in some chunk
     losses, outs = [], []
     chunks = len(x) // m
     for xc, yc in zip(x.split(m), y.split(m)):
@@ -160,11 +184,13 @@ def m_sharpness_step(model: nn.Module, opt: PreconditionedSAM, loss_fn, x, y, m:
         with frozen_bn_stats(model):
             loss_fn(model(xc), yc).backward()
         opt.restore()
-        for t, p in zip(total, params):
-            if p.grad is not None:
-                t.add_(p.grad, alpha=1.0 / chunks)
-    for p, t in zip(params, total):
-        p.grad = t
+        with_grad = [p for p in params if p.grad is not None]
+        for p in with_grad:
+            if p not in totals:
+                totals[p] = torch.zeros_like(p)
+        torch._foreach_add_([totals[p] for p in with_grad], [p.grad for p in with_grad], alpha=1.0 / chunks)
+    for p in params:
+        p.grad = totals.get(p)
     opt.base_step()
     opt.zero_grad()
     return torch.stack(losses).mean(), torch.cat(outs)

@@ -255,6 +255,9 @@ def train(config: TrainConfig, train_data: tuple, test_data: tuple | None = None
     device = torch.device(config.device) if config.device else default_device()
     from .distributed import amp_sam_step, m_sharpness_step, sam_step, world
     rank, world_size = world()
+    if config.m_sharpness is not None and world_size > 1:
+        raise ValueError(f"m_sharpness runs on one process, but {world_size} processes were launched. Under torchrun, "
+                         "perturbation='local' already gives each process its own eps (m = the per-process batch).")
     if world_size > 1 and device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
     x, y = train_data[0], train_data[1]

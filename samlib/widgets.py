@@ -47,37 +47,68 @@ def slider_values(name: str) -> dict:
 
 # ---- chapter 01 ----------------------------------------------------------------------------
 
-def _landscape_compute(noise, sharp_width):
-    return toy.noisy_gd_landing(noise=noise, sharp_width=sharp_width, runs=200, steps=300)
+def _landscape_compute(noise, sharp_width, lr=0.05):
+    out = toy.noisy_gd_landing(noise=noise, sharp_width=sharp_width, lr=lr, runs=200, steps=2000)
+    out["gibbs_sharp"] = toy.two_wells_gibbs_share(out["temperature"], sharp_width) if noise > 0 else None
+    return out
 
 
-def _landscape_plot(res, fig, noise, sharp_width):
+def _landscape_plot(res, fig, noise, sharp_width, lr=0.05):
+    fig.set_layout_engine("constrained")
     ax = fig.subplots()
     x = torch.linspace(-3, 3, 600, dtype=torch.float64)
     ax.plot(x, toy.two_wells(x, sharp_width), color="k", label="loss $L(x)$")
-    ax.hist(res["x"].numpy(), bins=60, range=(-3, 3), density=True, alpha=0.5, label="where noisy GD ends")
+    ax.hist(res["x"].numpy(), bins=60, range=(-3, 3), density=True, alpha=0.5, color="tab:blue",
+            label="where noisy GD ends (2000 steps)")
+    ax.axvline(res["barrier"], color="tab:gray", ls=":", label="barrier between the basins")
+    curv = toy.two_wells_curvatures(sharp_width)[0]
+    gibbs = "" if noise == 0 else f" (Gibbs at $\\tau$: {res['gibbs_sharp']:.0%})"
     ax.set(xlabel="parameter $x$", ylabel="loss / density",
-           title=f"noise {noise:g}: {res['sharp']:.0%} end in the sharp well, {res['flat']:.0%} in the flat one")
-    ax.legend(loc="upper center")
+           title=f"$\\sigma$={noise:g}, $\\eta$={lr:g}: temperature $\\tau=\\eta\\sigma^2/2$={res['temperature']:.3f}, "
+                 f"$\\eta L''_{{sharp}}$={lr * curv:.2f}\n"
+                 f"{res['sharp']:.0%} end in the sharp basin{gibbs}, {res['flat']:.0%} in the flat one")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
 
 
 # ---- chapter 02 ----------------------------------------------------------------------------
 
+SAM2D_STEPS = 300
+
+
 def _sam2d_compute(rho, lr):
-    return {"gd": toy.sam_trajectory(0.0, lr), "sam": toy.sam_trajectory(rho, lr)}
+    paths = toy.sam_runs(torch.tensor([0.0, rho], dtype=torch.float64), lr, steps=SAM2D_STEPS, runs=2)
+    return {"gd": paths[:, 0], "sam": paths[:, 1], "sam_mean": paths[-100:, 1].mean(0),
+            "points": toy.two_basins_2d_critical_points()}
 
 
 def _sam2d_plot(res, fig, rho, lr):
+    fig.set_layout_engine("constrained")
     ax = fig.subplots()
-    xs, ys = torch.meshgrid(torch.linspace(-2, 2.5, 160), torch.linspace(-1.5, 1.5, 120), indexing="xy")
-    z = toy.two_basins_2d(torch.stack([xs, ys], -1).double())
+    pts = res["points"]
+    frame = torch.cat([res["gd"], res["sam"], pts["saddle"]["w"][None], pts["sharp"]["w"][None]])
+    lo, hi = frame.amin(0) - 0.2, frame.amax(0) + 0.2
+    xs, ys = torch.meshgrid(torch.linspace(float(lo[0]), float(hi[0]), 200, dtype=torch.float64),
+                            torch.linspace(float(lo[1]), float(hi[1]), 160, dtype=torch.float64), indexing="xy")
+    z = toy.two_basins_2d(torch.stack([xs, ys], -1))
     cs = ax.contourf(xs, ys, z, levels=30, cmap="viridis")
-    fig.colorbar(cs, ax=ax, label="loss")
-    for name, color in (("gd", "w"), ("sam", "r")):
-        path = res[name]
-        ax.plot(path[:, 0], path[:, 1], "-o", ms=2, color=color, label=f"{name.upper()} (end {tuple(round(float(v), 2) for v in path[-1])})")
-    ax.set(xlabel="$w_1$", ylabel="$w_2$", title=f"GD vs SAM, rho={rho:g}, lr={lr:g}")
-    ax.legend(loc="lower right")
+    ax.contour(xs, ys, z, levels=15, colors="k", linewidths=0.5, alpha=0.6)
+    ax.contour(xs, ys, z, levels=[pts["saddle"]["loss"]], colors="tab:orange", linewidths=1.2, linestyles="--")
+    ax.plot([], [], color="tab:orange", ls="--", label="level set through the saddle")
+    fig.colorbar(cs, ax=ax, label="loss $L(w)$")
+    for key, color, name in (("gd", "w", "GD"), ("sam", "tab:red", "SAM")):
+        path = res[key]
+        ax.plot(path[:, 0], path[:, 1], "-o", ms=3, lw=0.8, color=color, mec="k", mew=0.3,
+                label=f"{name} (last iterate {tuple(round(float(v), 2) for v in path[-1])})")
+    start = res["gd"][0]
+    ax.plot(*start.tolist(), marker="*", ms=14, color="w", mec="k", ls="none", label="start")
+    ax.plot(*pts["saddle"]["w"].tolist(), marker="X", ms=11, color="tab:orange", mec="k", ls="none",
+            label="saddle of $L$")
+    ax.plot(*pts["sharp"]["w"].tolist(), marker="v", ms=9, color="w", mec="k", ls="none", label="sharp minimum")
+    ax.plot(*res["sam_mean"].tolist(), marker="D", ms=8, color="tab:red", mec="w", ls="none",
+            label="SAM's mean over its last 100 steps")
+    ax.set(xlim=(float(lo[0]), float(hi[0])), ylim=(float(lo[1]), float(hi[1])), aspect="equal",
+           xlabel="$w_1$", ylabel="$w_2$", title=f"GD and SAM, $\\rho$={rho:g}, $\\eta$={lr:g}, {SAM2D_STEPS} steps")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
 
 
 # ---- chapter 03 ----------------------------------------------------------------------------
@@ -166,11 +197,12 @@ def _infosam_plot(res, fig, noise, beta):
 
 WIDGETS = {
     "landscape": Widget(_landscape_compute, _landscape_plot, {
-        "noise": Slider(0.0, 3.0, 0.25, 1.0, "gradient noise"),
+        "noise": Slider(0.0, 5.0, 0.25, 3.0, "gradient noise sigma"),
+        "lr": Slider(0.01, 0.1, 0.01, 0.05, "step size eta"),
         "sharp_width": Slider(0.05, 0.4, 0.05, 0.15, "sharp-well width")}, "Noisy GD on a sharp and a flat well"),
     "sam2d": Widget(_sam2d_compute, _sam2d_plot, {
         "rho": Slider(0.0, 0.6, 0.05, 0.3, "rho"),
-        "lr": Slider(0.01, 0.1, 0.01, 0.05, "step size")}, "GD and SAM on a 2-D loss"),
+        "lr": Slider(0.01, 0.1, 0.01, 0.05, "step size eta")}, "GD and SAM on a 2-D loss"),
     "presam": Widget(_presam_compute, _presam_plot, {
         "c1": Slider(0.25, 2.0, 0.25, 1.5, "C^-1 entry 1"),
         "c2": Slider(0.25, 2.0, 0.25, 0.5, "C^-1 entry 2"),

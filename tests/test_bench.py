@@ -4,12 +4,13 @@ from samlib.optim import OPTIMIZERS
 
 
 def test_bench_smoke(capsys):
-    tables, e2e = bench.main(["--repeats", "1", "--widths", "4", "--batch", "8"])
+    tables, e2e, memory = bench.main(["--repeats", "1", "--widths", "4", "--batch", "8"])
     out = capsys.readouterr().out
     assert set(tables[4]) == {bench.REFERENCE, *OPTIMIZERS}
     assert set(e2e) == {"SGD", *OPTIMIZERS}
     assert all(total > 0 for total, _ in tables[4].values())
-    assert "x SGD" in out and bench.REFERENCE in out
+    assert "x SGD" in out and bench.REFERENCE in out and "Persistent memory" in out
+    assert set(memory[4]) == {bench.REFERENCE, *OPTIMIZERS}
 
 
 def test_loop_reference_is_sam():
@@ -31,14 +32,34 @@ def test_loop_reference_is_sam():
 
 
 def test_optimizer_memory_accounts_for_buffers_and_statistics():
+    """The issue's memory targets: SAM holds at most 1x the parameters between steps, InfoSAM at most 3x
+    (two of them its statistics m and v), the loop reference exactly 1x (old_p)."""
     import torch
     p = torch.nn.Parameter(torch.zeros(1000))
-    for name, stats in (("SAM", 0), ("InfoSAM", 2)):
+    for name, buffers, stats in (("SAM", 1, 0), ("InfoSAM", 1, 2)):          # small tensors: SAM's flat buffer
         opt = OPTIMIZERS[name]([p], torch.optim.SGD, lr=0.1, momentum=0.9)
-        p.grad = torch.ones(1000)
-        opt.first_step()
-        opt.second_step()
+        for _ in range(2):
+            p.grad = torch.ones(1000)
+            opt.first_step()
+            opt.second_step()
         mem = bench.optimizer_memory(opt)
         assert mem["params"] == 4000 and mem["base_state"] == 4000          # one momentum buffer
         assert mem["running_stats"] == stats * 4000                          # InfoSAM: m and v
-        assert mem["working_buffers"] >= 3 * 4000                            # g, eps, w + eps
+        assert mem["working_buffers"] == buffers * 4000                      # InfoSAM: one flat buffer
+    big = torch.nn.Parameter(torch.zeros(2 ** 16))                           # large tensors: no buffer at all
+    opt = OPTIMIZERS["SAM"]([big], torch.optim.SGD, lr=0.1)
+    big.grad = torch.ones(2 ** 16)
+    opt.first_step()
+    opt.second_step()
+    assert opt.memory_stats() == {"working_buffers": 0, "running_stats": 0}
+    loop = bench.LoopSAM([p], torch.optim.SGD, lr=0.1)
+    p.grad = torch.ones(1000)
+    loop.first_step()
+    loop.second_step()
+    assert bench.optimizer_memory(loop)["working_buffers"] == 4000
+
+
+def test_memory_table_meets_the_targets():
+    table = bench.memory_table(4, "cpu")
+    own = {k: (v["working_buffers"] + v["running_stats"]) / v["params"] for k, v in table.items()}
+    assert own["SAM"] <= 1.0 and own["InfoSAM"] <= 3.0 and own[bench.REFERENCE] == 1.0

@@ -47,6 +47,11 @@ def _worker(rank, port, out_dir):
             sam_step(model, opt, F.cross_entropy, x[t, sl], y[t, sl], mode=mode)
         results[(name, mode)] = ([p.detach().clone() for p in model.parameters()],
                                  [opt.state[p]["m"].clone() for p in model.parameters()] if name == "InfoSAM" else [])
+    try:                                              # m_sharpness_step would all-reduce every chunk under DDP
+        m_sharpness_step(model, opt, F.cross_entropy, x[0, :PER_RANK], y[0, :PER_RANK], 2)
+        results["m_sharpness_under_ddp"] = "ran"
+    except ValueError as e:
+        results["m_sharpness_under_ddp"] = str(e)
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
@@ -119,6 +124,44 @@ def test_m_sharpness_with_one_chunk_is_sam():
         m_sharpness_step(a, _new_opt("SAM", a.parameters()), F.cross_entropy, x[0], y[0], 3)
 
 
+def test_m_sharpness_step_rejects_ddp(ddp_results):
+    assert "sam_step(..., mode='local')" in ddp_results[0]["m_sharpness_under_ddp"]
+
+
+class _WithUnused(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.used, self.unused = nn.Linear(6, 3).double(), nn.Linear(6, 3).double()
+
+    def forward(self, x):
+        return self.used(x)
+
+
+def test_m_sharpness_leaves_parameters_without_gradients_alone():
+    """Weight decay and momentum must not move a parameter that got no gradient (as in sam_step)."""
+    x, y = _data()
+    for step in (lambda m, o: sam_step(m, o, F.cross_entropy, x[0], y[0]),
+                 lambda m, o: m_sharpness_step(m, o, F.cross_entropy, x[0], y[0], PER_RANK)):
+        net = _WithUnused()
+        w0 = net.unused.weight.detach().clone()
+        opt = SAM(net.parameters(), torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=0.5)
+        step(net, opt)
+        step(net, opt)
+        assert torch.equal(net.unused.weight, w0)
+        assert net.unused.weight not in opt.base_optimizer.state
+
+
+def test_train_rejects_m_sharpness_under_several_processes(monkeypatch):
+    import samlib.distributed
+    from samlib.train import TrainConfig, train
+    monkeypatch.setattr(samlib.distributed, "world", lambda: (0, 2))
+    config = TrainConfig(method="SAM", hparams={"rho": 0.05}, model="small_cnn", model_kwargs={"width": 4}, epochs=1,
+                         batch_size=8, device="cpu", m_sharpness=4)
+    with pytest.raises(ValueError, match="m_sharpness runs on one process"):
+        train(config, (torch.zeros(16, 1, 28, 28), torch.zeros(16, dtype=torch.long)), progress=False)
+
+
 def test_bad_mode():
     model = _model()
     with pytest.raises(ValueError, match="local"):
@@ -168,6 +211,27 @@ def test_forced_overflow_skips_perturbation_and_step():
     assert scaler.get_scale() < scale                             # and the scale backed off
     amp_sam_step(model, opt, F.cross_entropy, x[2].float(), y[2], scaler=scaler)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_amp_step_makes_two_host_syncs_and_one_fused_check():
+    """amp_sam_step's docstring: 2 host syncs with a GradScaler (its own first-pass check and GradScaler.step's),
+    and the first-pass check is one fused multi-tensor kernel, not per-gradient isfinite calls."""
+    from test_optim_perf import CountOps
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Linear(16, 16) for _ in range(10)])       # 20 gradients
+    opt = SAM(model.parameters(), torch.optim.SGD, lr=0.01)
+    x, y = torch.randn(8, 16), torch.randint(0, 16, (8,))
+    scaler = torch.amp.GradScaler("cpu")
+    amp_sam_step(model, opt, F.cross_entropy, x, y, scaler=scaler, dtype=torch.bfloat16)
+    with CountOps() as c:
+        amp_sam_step(model, opt, F.cross_entropy, x, y, scaler=scaler, dtype=torch.bfloat16)
+    assert c.ops["_local_scalar_dense"] == 2
+    assert c.ops["isfinite"] == 0 and c.ops["abs"] == 0
+    assert c.ops["_amp_foreach_non_finite_check_and_unscale_"] == 2     # ours (first pass) + GradScaler.step's
+    assert "2 on one device" in amp_sam_step.__doc__
+    with CountOps() as c:
+        amp_sam_step(model, opt, F.cross_entropy, x, y, scaler=None, dtype=torch.bfloat16)
+    assert c.ops["_local_scalar_dense"] == 0
 
 
 def test_bf16_autocast_without_scaler():

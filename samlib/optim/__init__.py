@@ -1,7 +1,8 @@
 """samlib.optim: the preconditioned-SAM (preSAM) optimizer family.
 
 Every optimizer is a short subclass of :class:`PreconditionedSAM`, which computes
-``eps = rho * d / ||n||`` from two hooks: a gradient estimate and a diagonal preconditioner.
+``eps = rho * d / ||n||`` from its hooks: the running statistics' initial values (``init_state``),
+a gradient estimate and a diagonal preconditioner.
 """
 from .asam import ASAM
 from .base import PreconditionedSAM

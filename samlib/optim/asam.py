@@ -17,6 +17,17 @@ class ASAM(PreconditionedSAM):
         \quad\Longrightarrow\quad
         \epsilon = \rho\,\frac{T^2 g}{\|T g\|}.
 
+    **Which parameters are scaled.** samlib scales every parameter, biases and BatchNorm
+    parameters included **[ours: simplification]**. The official ASAM code
+    (``SamsungLabs/ASAM``, ``asam.py``) scales only parameters whose name contains ``"weight"``
+    and leaves the others (biases) at :math:`T = 1`; davda54/sam's ``adaptive=True`` uses
+    :math:`T = |w|` (``eta=0``). To reproduce the official code, put the biases in a group with
+    ``"adaptive": False`` (:math:`T = 1` for that group)::
+
+        decay = [p for n, p in model.named_parameters() if "weight" in n]
+        other = [p for n, p in model.named_parameters() if "weight" not in n]
+        opt = ASAM([{"params": decay}, {"params": other, "adaptive": False}], torch.optim.SGD, rho=0.5, lr=0.1)
+
     Args:
         rho: radius of the rescaled neighbourhood (ASAM's paper uses 0.5 on CIFAR-10, 1.0 on CIFAR-100).
         eta: offset :math:`\eta \ge 0` that keeps :math:`T` positive where :math:`w = 0`.
@@ -25,9 +36,13 @@ class ASAM(PreconditionedSAM):
     preconditioning = "CP"
     uses_weights = True
 
-    def __init__(self, params, base_optimizer, rho: float = 0.5, eta: float = 0.01, **base_kwargs):
-        check_range("eta", eta, 0.0)
-        super().__init__(params, base_optimizer, rho=rho, variant_defaults=dict(eta=eta), **base_kwargs)
+    def __init__(self, params, base_optimizer, rho: float = 0.5, eta: float = 0.01, **kwargs):
+        super().__init__(params, base_optimizer, rho, dict(eta=eta, adaptive=True), **kwargs)
+
+    def check_hyperparameters(self, group):
+        check_range("eta", group["eta"], 0.0)
 
     def preconditioner(self, g, w, state, group):
-        return torch.abs(w, out=state.scratch("T")).add_(group["eta"])   # C^{-1} = T = |w| + eta
+        if not group["adaptive"]:
+            return None                                                    # T = 1 (official: biases)
+        return torch.abs(w, out=state.scratch("T")).add_(group["eta"])     # C^{-1} = T = |w| + eta

@@ -15,7 +15,11 @@ class FisherSAM(PreconditionedSAM):
 
         \max_{\|F^{1/2}\epsilon\|\le\rho} g^\top\epsilon
         \quad\Longrightarrow\quad
-        \epsilon = \rho\,\frac{F^{-1} g}{\sqrt{g^\top F^{-1} g}}.
+        \epsilon = \rho\,\frac{F^{-1} g}{\sqrt{g^\top F^{-1} g}}
+
+    (the paper's Algorithm 1, with its :math:`\gamma` as ``rho``).
+
+    Example: ``FisherSAM(model.parameters(), torch.optim.SGD, rho=0.05, eta=1.0, lr=0.1)``.
 
     Args:
         eta: Fisher weight :math:`\eta \ge 0`; ``eta=0`` is SAM.
@@ -23,10 +27,12 @@ class FisherSAM(PreconditionedSAM):
 
     preconditioning = "CP"
 
-    def __init__(self, params, base_optimizer, rho: float = 0.05, eta: float = 1.0, **base_kwargs):
-        check_range("eta", eta, 0.0)
-        super().__init__(params, base_optimizer, rho=rho, variant_defaults=dict(eta=eta), **base_kwargs)
+    def __init__(self, params, base_optimizer, rho: float = 0.05, eta: float = 1.0, **kwargs):
+        super().__init__(params, base_optimizer, rho, dict(eta=eta), **kwargs)
+
+    def check_hyperparameters(self, group):
+        check_range("eta", group["eta"], 0.0)
 
     def preconditioner(self, g, w, state, group):
-        F = torch.mul(g, g, out=state.scratch("F")).mul_(group["eta"]).add_(1.0)   # F = 1 + eta g^2
-        return F.rsqrt_()                                                          # C^{-1} = F^{-1/2}
+        F = torch.addcmul(state.constant(1.0), g, g, value=group["eta"], out=state.scratch("F"))  # F = 1 + eta g^2
+        return F.rsqrt_()                                                                           # C^{-1} = F^{-1/2}

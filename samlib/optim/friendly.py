@@ -14,8 +14,11 @@ class FriendlySAM(PreconditionedSAM):
         d_t = g_t - \sigma\, m_{t-1}, \qquad m_t = \lambda\, m_{t-1} + (1-\lambda)\, g_t, \qquad
         \epsilon_t = \rho\,\frac{d_t}{\|d_t\|},
 
-    with :math:`d_0 = m_0 = g_0` at the first step. In preSAM terms this changes the gradient
-    estimate, not the preconditioner.
+    with :math:`d_0 = m_0 = g_0` at a parameter's first step, as in the official code
+    (``nblt/F-SAM``, ``utils.py``). In preSAM terms this changes the gradient estimate, not the
+    preconditioner.
+
+    Example: ``FriendlySAM(model.parameters(), torch.optim.SGD, rho=0.05, sigma=1.0, lmbda=0.9, lr=0.1)``.
 
     Args:
         sigma: how much of the running mean to remove, :math:`\sigma \ge 0`; ``sigma=0`` is SAM.
@@ -23,17 +26,20 @@ class FriendlySAM(PreconditionedSAM):
     """
 
     def __init__(self, params, base_optimizer, rho: float = 0.05, sigma: float = 1.0, lmbda: float = 0.9,
-                 **base_kwargs):
-        check_range("sigma", sigma, 0.0)
-        check_range("lmbda", lmbda, 0.0, 1.0, high_open=True)
-        super().__init__(params, base_optimizer, rho=rho, variant_defaults=dict(sigma=sigma, lmbda=lmbda),
-                         **base_kwargs)
+                 **kwargs):
+        super().__init__(params, base_optimizer, rho, dict(sigma=sigma, lmbda=lmbda), **kwargs)
+
+    def check_hyperparameters(self, group):
+        check_range("sigma", group["sigma"], 0.0)
+        check_range("lmbda", group["lmbda"], 0.0, 1.0, high_open=True)
+
+    def init_state(self, g, w, state, group):
+        state["m"] = g.clone()                                               # m_0 = g_0
 
     def gradient_estimate(self, g, w, state, group):
-        if "m" not in state:
-            state["m"] = g.clone()                    # m_0 = g_0, d_0 = g_0
-            return g
         m = state["m"]
         d = torch.add(g, m, alpha=-group["sigma"], out=state.scratch("d"))   # d = g - sigma m_{t-1}
-        m.lerp_(g, 1.0 - group["lmbda"])              # m = lmbda m + (1 - lmbda) g
+        if state.fresh is not None:
+            torch.where(state.fresh, g, d, out=d)                            # d_0 = g_0
+        m.lerp_(g, 1.0 - group["lmbda"])                                     # m = lmbda m + (1 - lmbda) g
         return d

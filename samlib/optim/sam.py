@@ -12,9 +12,14 @@ class SAM(PreconditionedSAM):
         \epsilon = \rho\,\frac{g}{\|g\|}, \qquad w \leftarrow \mathrm{base\_step}\big(w,\ \nabla L(w+\epsilon)\big).
 
     The first-order solution of :math:`\max_{\|\epsilon\|_2\le\rho} L(w+\epsilon)`. In preSAM terms:
-    :math:`\hat g = g`, no preconditioner. Every hook keeps its default.
+    :math:`\hat g = g`, no preconditioner (``preconditioning = None``). Every hook keeps its
+    default, so SAM runs on the parameters' own tensors with multi-tensor kernels (one norm, one
+    multiply, one add; :math:`w+\epsilon` is a transient buffer), except that a chunk of small
+    tensors (fewer than :math:`2^{15}` elements on average) is gathered into one flat buffer, which
+    is cheaper when per-tensor overhead dominates. Either way SAM holds at most one copy of the
+    parameters between steps.
 
-    Example::
+    Example (two-step API)::
 
         opt = SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9)
         loss_fn(model(x), y).backward()
@@ -22,7 +27,10 @@ class SAM(PreconditionedSAM):
         with frozen_bn_stats(model):
             loss_fn(model(x), y).backward()
         opt.second_step(zero_grad=True)
+
+    The same step with a closure: ``opt.step(lambda: loss_fn(model(x), y).backward())`` (the
+    closure may return the loss; ``step`` zeroes the grads before each call).
     """
 
-    def __init__(self, params, base_optimizer, rho: float = 0.05, **base_kwargs):
-        super().__init__(params, base_optimizer, rho=rho, **base_kwargs)
+    def __init__(self, params, base_optimizer, rho: float = 0.05, **kwargs):
+        super().__init__(params, base_optimizer, rho, **kwargs)
