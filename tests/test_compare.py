@@ -57,7 +57,8 @@ def test_minimum_detectable_effect_has_the_power_it_claims():
 def _record(method, hp, seed, test, val, ascent=None, loss=1.0):
     history = [{"epoch": 1, "epoch_time": 1.0, **({"ascent": ascent} if ascent is not None else {})}]
     final = {"test_acc": test, "val_acc_tail": val, "train_loss": loss, "test_acc_best": test}
-    return {"config": {"method": method, "hparams": hp, "seed": seed}, "noise_rate": 0.4, "history": history,
+    lr = hp.get("lr", 0.05)                                        # SAM-type runs share SGD's lr 0.05
+    return {"config": {"method": method, "hparams": hp, "seed": seed, "lr": lr}, "noise_rate": 0.4, "history": history,
             "final": final}
 
 
@@ -121,3 +122,46 @@ def test_comparisons_interaction_and_report():
     assert [r["arm"] for r in primary] == ["b128", "b32", "b32 minus b128"]
     text = C.report(arms)
     assert "ORACLE" in text and "InfoSAM − SAM" in text and "+1.00" in text
+
+
+def test_anchor_extends_the_reference_curve_to_rho_zero():
+    # InfoSAM at strength 0.5 * rho reaches below SAM's smallest rho (0.01) at rho = 0.01: outside SAM's grid
+    recs = [r for r in _arm() if not (r["config"]["method"] == "InfoSAM" and r["config"]["hparams"]["rho"] != 0.01)]
+    low = []
+    for s in range(6):
+        noise = 0.002 * ((s * 7) % 5 - 2)
+        # SGD at SAM's lr is SAM at rho = 0: accuracy 0.82 + noise at ascent 0
+        low.append(_record("SGD", {"lr": 0.05}, s, 0.82 + noise, val=0.70))
+        # InfoSAM at ascent 0.005: on the straight line from (0, 0.82) to (0.01, 0.80), plus 0.3 pp
+        low.append(_record("InfoSAM", {"rho": 0.01}, s, 0.81 + noise + 0.003, val=0.99, ascent=0.005))
+    recs = [r for r in recs if r["config"]["method"] == "SAM"] + low
+    plain = C.matched_strength(recs, "InfoSAM", "SAM", "ascent")
+    assert plain["n"] == 0 and len(plain["outside"]) == 6
+    anchor = C.rho_zero_anchor(recs)
+    assert anchor == {"method": "SGD", "hparams": {"lr": 0.05}}     # SGD at SAM's learning rate
+    anchored = C.matched_strength(recs, "InfoSAM", "SAM", "ascent", anchor=anchor)
+    assert anchored["n"] == 6 and anchored["mean"] == pytest.approx(0.003, abs=1e-12)
+
+
+def test_curve_residuals_cover_every_setting():
+    recs = _arm(info_offset=-0.004)
+    rows = C.curve_residuals(recs, "InfoSAM", "SAM", "ascent")
+    assert [r["hparams"]["rho"] for r in rows] == [0.02, 0.04, 0.08, 0.16]      # info_scale 0.5: 0.01 is below 0.01
+    assert all(r["mean"] == pytest.approx(-0.004, abs=1e-12) for r in rows)
+
+
+def test_format_curve_residuals_marks_points_off_the_curve():
+    # InfoSAM 0.3 pp above SAM's curve at every rho; at rho = 0.025 its strength (0.0125) lies inside SAM's range
+    recs = []
+    for s in range(4):
+        noise = 0.002 * ((s * 7) % 5 - 2)
+        for rho in (0.025, 0.05, 0.1, 0.2, 0.4):
+            acc = 0.80 - 0.025 * math.log2(rho / 0.025) + noise
+            recs.append(_record("SAM", {"rho": rho}, s, acc, val=acc, ascent=rho))
+            info = 0.80 - 0.025 * math.log2(0.5 * rho / 0.025) + noise + 0.003
+            recs.append(_record("InfoSAM", {"rho": rho}, s, info, val=info, ascent=0.5 * rho))
+    text = C.format_curve_residuals({"b": recs}, methods=("InfoSAM",), proxies=("ascent",))
+    row = text.strip().splitlines()[-1].split(" | ")
+    assert row[:3] == ["| b", "InfoSAM", "ascent"]
+    assert row[3] == "out"                                  # ascent 0.0125 < SAM's smallest, and no SGD anchor
+    assert all(cell.startswith("+0.30 [+0.30, +0.30]") for cell in row[4:])

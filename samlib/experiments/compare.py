@@ -12,12 +12,11 @@ import json
 import math
 import statistics
 
-
-
 __all__ = ["student_t_cdf", "student_t_quantile", "paired_test", "holm", "minimum_detectable_effect", "settings",
            "metric", "mean_ascent", "select", "selected_by_seed", "comparisons", "interaction", "rho_response",
-           "matched_strength", "primary_tests", "matched_table", "format_selected", "format_oracle",
-           "format_comparisons", "format_matched", "report"]
+           "matched_strength", "curve_residuals", "rho_zero_anchor", "primary_tests", "matched_table",
+           "format_selected", "format_oracle", "format_comparisons", "format_matched", "format_curve_residuals",
+           "report"]
 
 
 # ---- Student's t without scipy ------------------------------------------------------------------
@@ -200,38 +199,70 @@ def rho_response(records: list[dict], method: str, proxy: str = "ascent") -> lis
     return sorted(out, key=lambda row: row["hparams"].get("rho", row["hparams"].get("lr", 0)))
 
 
+def _interpolate(curve: list[tuple[float, float]], x: float) -> float | None:
+    """The accuracy of a (proxy, accuracy) curve at ``x``: linear in log proxy between positive points,
+    linear in the proxy on a segment that starts at proxy 0; None outside the curve's range."""
+    if not curve or not curve[0][0] <= x <= curve[-1][0]:
+        return None
+    for (x0, y0), (x1, y1) in zip(curve, curve[1:]):
+        if x0 <= x <= x1:
+            if x1 == x0:
+                return y0
+            t = (x - x0) / (x1 - x0) if x0 <= 0 else (math.log(x) - math.log(x0)) / (math.log(x1) - math.log(x0))
+            return y0 + t * (y1 - y0)
+    return curve[-1][1]
+
+
+def _reference_curves(records: list[dict], reference: str, proxy: str, anchor: dict | None) -> dict:
+    """``{seed: sorted [(proxy, test accuracy)]}`` along ``reference``'s settings (plus the anchor's runs)."""
+    curves: dict = {}
+    for (rate, m, hp), by_seed in settings(records).items():
+        is_anchor = anchor is not None and m == anchor["method"] and json.loads(hp) == anchor["hparams"]
+        if m == reference or is_anchor:
+            for seed, r in by_seed.items():
+                x = 0.0 if is_anchor and proxy in ("ascent", "ascent_linear") else metric(r, proxy)
+                curves.setdefault(seed, []).append((x, r["final"]["test_acc"]))
+    return {seed: sorted(points) for seed, points in curves.items()}
+
+
 def matched_strength(records: list[dict], method: str = "InfoSAM", reference: str = "SAM", proxy: str = "ascent",
-                     selection: str = "val_acc_tail") -> dict:
-    """``method`` (at its selected setting) against ``reference`` *at the same strength*: for each
-    seed, the reference's test accuracy interpolated (linearly in log proxy, along that seed's own
-    rho-response) at the proxy value ``method`` achieved, subtracted from ``method``'s accuracy.
+                     selection: str = "val_acc_tail", hparams: dict | None = None, anchor: dict | None = None) -> dict:
+    """``method`` (at its selected setting, or at ``hparams``) against ``reference`` *at the same
+    strength*: for each seed, the reference's test accuracy interpolated (linearly in log proxy,
+    along that seed's own rho-response) at the proxy value ``method`` achieved, subtracted from
+    ``method``'s accuracy. Seeds whose proxy lies outside the reference's range are left out and listed.
+
+    ``anchor`` (e.g. ``{"method": "SGD", "hparams": {"lr": 0.05}}``) adds the run that *is* the
+    reference at rho = 0 (SAM with rho = 0 takes SGD's steps): achieved ascent 0, so the curve extends
+    down to zero strength, linearly in the proxy on that first segment.
 
     A residual interval that contains 0 means ``method`` sits on the reference's curve: its edge
     (or deficit) at equal rho is what a different rho would give the reference.
     """
-    chosen = select(records, selection)
     groups = settings(records)
-    points = [(rate, json.loads(hp), by_seed) for (rate, m, hp), by_seed in groups.items() if m == reference]
-    mine = next(by_seed for (rate, m, hp), by_seed in groups.items()
-                if m == method and chosen[(rate, m)] == json.loads(hp))
+    if hparams is None:
+        hparams = select(records, selection)[next((rate, m) for rate, m, _ in groups if m == method)]
+    mine = next(by_seed for (rate, m, hp), by_seed in groups.items() if m == method and json.loads(hp) == hparams)
+    curves = _reference_curves(records, reference, proxy, anchor)
     residual, outside = {}, []
     for seed, r in mine.items():
-        curve = sorted((metric(recs[seed], proxy), recs[seed]["final"]["test_acc"]) for _, _, recs in points
-                       if seed in recs)
-        x = metric(r, proxy)
-        xs = [math.log(p) for p, _ in curve]
-        if not curve or not xs[0] <= math.log(x) <= xs[-1]:
+        at = _interpolate(curves.get(seed, []), metric(r, proxy))
+        if at is None:
             outside.append(seed)
-            continue
-        i = max(j for j in range(len(xs)) if xs[j] <= math.log(x))
-        if i == len(xs) - 1:
-            at = curve[-1][1]
         else:
-            t = (math.log(x) - xs[i]) / (xs[i + 1] - xs[i])
-            at = curve[i][1] + t * (curve[i + 1][1] - curve[i][1])
-        residual[seed] = (r["final"]["test_acc"], at)
+            residual[seed] = (r["final"]["test_acc"], at)
     test = paired_test({s: v[0] for s, v in residual.items()}, {s: v[1] for s, v in residual.items()})
-    return {"method": method, "reference": reference, "proxy": proxy, "outside": outside, **test}
+    return {"method": method, "reference": reference, "proxy": proxy, "hparams": hparams, "anchor": anchor,
+            "outside": outside, **test}
+
+
+def curve_residuals(records: list[dict], method: str = "InfoSAM", reference: str = "SAM", proxy: str = "ascent",
+                    anchor: dict | None = None) -> list[dict]:
+    """:func:`matched_strength` at every setting of ``method`` (the whole rho-response, not only the
+    selected point): where its points lie relative to the reference's curve."""
+    hps = sorted((json.loads(hp) for (rate, m, hp) in settings(records) if m == method),
+                 key=lambda h: h.get("rho", 0))
+    return [matched_strength(records, method, reference, proxy, hparams=hp, anchor=anchor) for hp in hps]
 
 
 # ---- tables --------------------------------------------------------------------------------------
@@ -323,28 +354,46 @@ def primary_tests(arms: dict, a: str = "InfoSAM", b: str = "SAM", large: str = "
     return rows
 
 
+def rho_zero_anchor(records: list[dict], method: str = "SAM") -> dict | None:
+    """The SGD run that is ``method`` at rho = 0 (same learning rate), if the records have it."""
+    lrs = {r["config"].get("lr") for r in records if r["config"]["method"] == method} - {None}
+    for r in records:
+        if r["config"]["method"] == "SGD" and r["config"]["hparams"].get("lr", r["config"].get("lr")) in lrs:
+            return {"method": "SGD", "hparams": r["config"]["hparams"]}
+    return None
+
+
 def matched_table(arms: dict, methods=("InfoSAM", "VaSSO", "InverseVarianceSAM"), reference: str = "SAM",
                   proxies=("ascent", "train_loss"), selection: str = "val_acc_tail") -> list[dict]:
-    """:func:`matched_strength` of every ``method`` against ``reference`` in every arm that has both."""
+    """:func:`matched_strength` of every ``method`` against ``reference`` in every arm that has both:
+    first on the reference's own rho grid (the pre-registered comparison), then with the curve
+    extended to rho = 0 by :func:`rho_zero_anchor` (an extension added after the grid ran)."""
     rows = []
-    for arm, records in arms.items():
-        present = {r["config"]["method"] for r in records}
-        for method in methods:
-            if method in present and reference in present:
-                for proxy in proxies:
-                    rows.append({"arm": arm, **matched_strength(records, method, reference, proxy, selection)})
+    for extended in (False, True):
+        for arm, records in arms.items():
+            present = {r["config"]["method"] for r in records}
+            anchor = rho_zero_anchor(records, reference) if extended else None
+            if extended and anchor is None:
+                continue
+            for method in methods:
+                if method in present and reference in present:
+                    for proxy in proxies:
+                        rows.append({"arm": arm, **matched_strength(records, method, reference, proxy, selection,
+                                                                    anchor=anchor)})
     return rows
 
 
 def format_matched(rows: list[dict]) -> str:
     """Markdown table of :func:`matched_table` (percentage points)."""
-    lines = ["| arm | method − SAM at matched strength | strength proxy | seeds | mean (pp) | 95% interval (pp) | "
-             "seeds outside SAM's range |", "|---|---|---|---|---|---|---|"]
+    lines = ["| arm | method − SAM at matched strength | SAM's curve | strength proxy | seeds | mean (pp) | "
+             "95% interval (pp) | seeds outside the curve |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lo, hi = r["ci95"]
         mean = f"{100 * r['mean']:+.2f}" if r["n"] else "–"
         ci = f"[{100 * lo:+.2f}, {100 * hi:+.2f}]" if r["n"] > 1 else "–"
-        lines.append(f"| {r['arm']} | {r['method']} | {r['proxy']} | {r['n']} | {mean} | {ci} | {len(r['outside'])} |")
+        curve = "its ρ grid" if r["anchor"] is None else f"+ ρ = 0 (SGD, lr={r['anchor']['hparams'].get('lr', '')})"
+        lines.append(f"| {r['arm']} | {r['method']} ({_setting(r['hparams'])}) | {curve} | {r['proxy']} | {r['n']} | "
+                     f"{mean} | {ci} | {len(r['outside'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -363,3 +412,36 @@ def report(arms: dict, selection: str = "val_acc_tail") -> str:
         "**Every method against SAM and SGD** (Holm over the whole family)\n",
         format_comparisons(comparisons(arms, selection=selection)),
     ])
+
+
+def format_curve_residuals(arms: dict, methods=("InfoSAM", "VaSSO", "InverseVarianceSAM"), reference: str = "SAM",
+                           proxies=("ascent", "train_loss")) -> str:
+    """Markdown: every setting of each method against the reference's curve (extended to rho = 0),
+    per strength proxy: mean residual and 95% interval in percentage points ("out" where the point
+    lies outside the curve's range in some seed)."""
+    lines = ["| arm | method | proxy | " + " | ".join(f"ρ={r:g}" for r in _RHO_COLUMNS) + " |",
+             "|---|---|---|" + "---|" * len(_RHO_COLUMNS)]
+    for arm, records in arms.items():
+        present = {r["config"]["method"] for r in records}
+        anchor = rho_zero_anchor(records, reference)
+        for method in methods:
+            if method not in present or reference not in present:
+                continue
+            for proxy in proxies:
+                cells = {row["hparams"].get("rho"): row for row in curve_residuals(records, method, reference, proxy,
+                                                                                     anchor)}
+                text = []
+                for rho in _RHO_COLUMNS:
+                    row = cells.get(rho)
+                    if row is None:
+                        text.append("")
+                    elif row["outside"] or row["n"] < 2:
+                        text.append("out")
+                    else:
+                        lo, hi = row["ci95"]
+                        text.append(f"{100 * row['mean']:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]")
+                lines.append(f"| {arm} | {method} | {proxy} | " + " | ".join(text) + " |")
+    return "\n".join(lines) + "\n"
+
+
+_RHO_COLUMNS = (0.025, 0.05, 0.1, 0.2, 0.4)

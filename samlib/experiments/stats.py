@@ -52,10 +52,13 @@ def load_records(out_dir: str | Path) -> list[dict]:
 
 
 def write_json_atomic(path: str | Path, obj) -> None:
-    """Write JSON through a temporary file and a rename, so an interruption never leaves half a file."""
+    """Write JSON through a temporary file and a rename, so an interruption never leaves half a file.
+
+    The temporary name carries the process id: two shards writing the same file (a grid's
+    ``grid.json``) must not rename each other's temporary file away."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(obj, indent=1, sort_keys=True), encoding="utf-8")
     os.replace(tmp, path)
 
