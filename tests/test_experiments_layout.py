@@ -52,7 +52,7 @@ def test_statistics_and_reports_import_no_torch():
     code = ("import sys, pathlib\n"
             "from samlib.experiments import load_records, summarize, format_summary, paired_differences, T975\n"
             "from samlib.experiments import stats, report\n"
-            "records = load_records(pathlib.Path('chapters/results/07_classification'))\n"
+            "records = load_records(pathlib.Path('chapters/results/07_classification/b128'))\n"
             "text = format_summary(summarize(None, records, write=False))\n"
             "assert len(records) > 100 and 'InfoSAM' in text, len(records)\n"
             "loaded = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"

@@ -23,7 +23,7 @@ COURSE_RESULTS = Path(__file__).resolve().parents[2] / "chapters" / "results"
 CLASSIFICATION_RHOS = (0.025, 0.05, 0.1, 0.2, 0.4)
 CLASSIFICATION_SGD_LRS = (0.0125, 0.025, 0.05, 0.1, 0.2)
 #: The demo's settings: chapter 07's validation choices in its batch-32 arm (tests/test_results.py checks them).
-DEMO_SETTINGS = {"SGD": {"lr": [0.05]}, "SAM": {"rho": [0.05]}, "InfoSAM": {"rho": [0.1]}}
+DEMO_SETTINGS = {"SGD": {"lr": [0.025]}, "SAM": {"rho": [0.05]}, "InfoSAM": {"rho": [0.05]}}
 
 
 def demo_grid() -> Grid:
