@@ -58,6 +58,9 @@ nb_merge_streams = True
 # Live widgets need a kernel: no widget JavaScript from a CDN. The static figure each widget cell
 # draws is rendered; _static/book.css says where to move the sliders.
 nb_ipywidgets_js = {}
+# A widgets.show(...) output carries the live view and a static PNG of its figure; MyST-NB would pick the
+# view (a <script> that needs a kernel) over the PNG, so drop the view: the book shows the figure.
+nb_mime_priority_overrides = [("*", "application/vnd.jupyter.widget-view+json", None)]
 
 html_theme = "sphinx_book_theme"
 html_title = "Preconditioned SAM"
