@@ -25,13 +25,17 @@ from torch import nn
 from . import __version__
 from .data import AUGMENTATIONS, Batches, augment_batch, to_float
 from .models import build_model
-from .optim import OPTIMIZERS
+from .optim import OPTIMIZERS, InverseVarianceSAM, frozen_bn_stats
 
 __all__ = ["TrainConfig", "train", "evaluate", "make_optimizer", "default_device", "environment_info",
            "write_json_atomic", "segmentation_scores", "segmentation_memorization", "history_peak",
-           "trivial_segmentation_scores", "final_sharpness"]
+           "trivial_segmentation_scores", "final_sharpness", "calibration_error",
+           "classification_memorization", "encode_predictions", "decode_predictions", "TAIL_EVALUATIONS"]
 
-METHODS = ("SGD", *OPTIMIZERS)
+#: Comparison baselines a grid may run besides the variants (chapter 07 runs inverse-variance weighting,
+#: the alternative reading of the paper); ``samlib.optim.OPTIMIZERS`` deliberately leaves them out.
+BASELINES = {"InverseVarianceSAM": InverseVarianceSAM}
+METHODS = ("SGD", *OPTIMIZERS, *BASELINES)
 
 
 def default_device() -> torch.device:
@@ -46,7 +50,8 @@ class TrainConfig:
     """Everything that defines a run (recorded verbatim in its JSON record)."""
 
     method: str = "SGD"                       # "SGD" or a samlib.optim name ("SAM", "InfoSAM", ...)
-    hparams: dict = field(default_factory=dict)  # the method's own, e.g. {"rho": 0.1, "beta": 0.9}
+    hparams: dict = field(default_factory=dict)  # the method's own, e.g. {"rho": 0.1, "beta": 0.9}; "lr" (any
+                                              # method, SGD too) sets ``lr``, so a grid can tune it per method
     model: str = "small_cnn"
     model_kwargs: dict = field(default_factory=dict)
     task: str = "classification"              # or "segmentation"
@@ -69,11 +74,18 @@ class TrainConfig:
     sharpness_examples: int = 0               # >0: top Hessian eigenvalue of the final training loss on
                                               # this many training examples (eval mode), in ``final``
 
+    def __post_init__(self):
+        if "lr" in self.hparams:  # a grid may tune the learning rate as a method's hyperparameter
+            self.lr = self.hparams["lr"]
+
     def validate(self):
         if self.method not in METHODS:
             raise ValueError(f"Unknown method {self.method!r}. Choose one of: {', '.join(METHODS)}.")
-        if self.method == "SGD" and self.hparams:
-            raise ValueError(f"SGD takes no hparams, got {self.hparams}. Put lr/momentum/weight_decay in the config.")
+        if self.method == "SGD" and set(self.hparams) - {"lr"}:
+            raise ValueError(f"SGD takes no hparams other than lr, got {self.hparams}. Put momentum/weight_decay "
+                             "in the config.")
+        if "lr" in self.hparams and self.hparams["lr"] != self.lr:
+            raise ValueError(f"hparams lr={self.hparams['lr']} disagrees with lr={self.lr}; set one of them.")
         if self.task not in ("classification", "segmentation"):
             raise ValueError(f"Invalid task {self.task!r}. Choose 'classification' or 'segmentation'.")
         if self.schedule not in ("cosine", "step", "constant"):
@@ -102,7 +114,8 @@ def make_optimizer(config: TrainConfig, params):
     base = dict(lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     if config.method == "SGD":
         return torch.optim.SGD(params, **base)
-    return OPTIMIZERS[config.method](params, torch.optim.SGD, **config.hparams, **base)
+    hparams = {k: v for k, v in config.hparams.items() if k != "lr"}
+    return {**OPTIMIZERS, **BASELINES}[config.method](params, torch.optim.SGD, **hparams, **base)
 
 
 def _lr_lambda(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
@@ -209,13 +222,19 @@ def trivial_segmentation_scores(target: torch.Tensor, garment_class: int, num_cl
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x, y, task: str = "classification", batch_size: int = 512, device=None,
-             num_classes: int | None = None) -> dict:
-    """Loss and accuracy (classification) or loss, mIoU and pixel accuracy (segmentation), in eval mode."""
+             num_classes: int | None = None, predictions: bool = False) -> dict:
+    """Loss and accuracy (classification) or loss, mIoU and pixel accuracy (segmentation), in eval mode.
+
+    Classification also reports ``ece``, the expected calibration error of the softmax confidence
+    (:func:`calibration_error`); the loss is the mean negative log-likelihood (cross-entropy).
+    ``predictions=True`` (classification) adds ``"predictions"``: the predicted classes, a CPU tensor.
+    """
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
     total_loss, correct, n = 0.0, 0, 0
     confusion = None
+    confidences, hits, preds = [], [], []
     for i in range(0, len(x), batch_size):
         xb = to_float(x[i:i + batch_size].to(device))
         yb = y[i:i + batch_size].to(device)
@@ -224,6 +243,9 @@ def evaluate(model: nn.Module, x, y, task: str = "classification", batch_size: i
         pred = out.argmax(1)
         if task == "classification":
             correct += int((pred == yb).sum())
+            confidences.append(out.float().softmax(1).amax(1).cpu())
+            hits.append((pred == yb).cpu())
+            preds.append(pred.cpu())
         else:
             k = num_classes or out.shape[1]
             c = torch.bincount((yb * k + pred).flatten(), minlength=k * k).view(k, k).cpu()
@@ -231,8 +253,46 @@ def evaluate(model: nn.Module, x, y, task: str = "classification", batch_size: i
         n += len(yb)
     model.train(was_training)
     if task == "classification":
-        return {"loss": total_loss / n, "acc": correct / n}
+        scores = {"loss": total_loss / n, "acc": correct / n,
+                  "ece": calibration_error(torch.cat(confidences), torch.cat(hits))}
+        if predictions:
+            scores["predictions"] = torch.cat(preds)
+        return scores
     return {"loss": total_loss / n, **segmentation_scores(confusion)}
+
+
+def calibration_error(confidence: torch.Tensor, correct: torch.Tensor, bins: int = 15) -> float:
+    r"""Expected calibration error (Guo et al., ICML 2017) with ``bins`` equal-width confidence bins:
+
+    .. math:: \mathrm{ECE} = \sum_b \frac{|B_b|}{n}\,\big|\mathrm{acc}(B_b) - \mathrm{conf}(B_b)\big|,
+
+    where bin :math:`b` holds the predictions with confidence in :math:`((b-1)/\text{bins},\, b/\text{bins}]`.
+    ``confidence``: the probability of the predicted class; ``correct``: whether the prediction is right.
+    """
+    if bins < 1:
+        raise ValueError(f"Invalid bins {bins}: use at least 1 bin.")
+    confidence, correct = confidence.double().flatten(), correct.double().flatten()
+    if confidence.numel() != correct.numel() or confidence.numel() == 0:
+        raise ValueError(f"confidence ({confidence.numel()}) and correct ({correct.numel()}) must be non-empty and "
+                         "of the same length.")
+    index = (confidence * bins).ceil().long().clamp(1, bins) - 1   # (b-1)/bins < c <= b/bins -> b-1; c = 0 -> 0
+    count = torch.bincount(index, minlength=bins).double()
+    gap = torch.bincount(index, weights=correct - confidence, minlength=bins).abs()
+    return float(gap.sum() / count.sum())
+
+
+def encode_predictions(pred: torch.Tensor, num_classes: int) -> str:
+    """Predicted classes as a compact string for a JSON record: one digit per example when there
+    are at most 10 classes (2000 test images take 2 kB), else comma-separated numbers."""
+    values = pred.flatten().tolist()
+    return "".join(map(str, values)) if num_classes <= 10 else ",".join(map(str, values))
+
+
+def decode_predictions(text: str) -> torch.Tensor:
+    """Inverse of :func:`encode_predictions`."""
+    if "," in text or not text:
+        return torch.tensor([int(v) for v in text.split(",") if v], dtype=torch.long)
+    return torch.tensor([int(c) for c in text], dtype=torch.long)
 
 
 def environment_info(device) -> dict:
@@ -262,7 +322,17 @@ def train(config: TrainConfig, train_data: tuple, test_data: tuple | None = None
 
     ``train_data`` is ``(x, y)`` or ``(x, y, clean_y)``: with clean labels (label-noise runs) the
     history also tracks accuracy on the clean training labels and how many flipped labels the
-    model has memorized. ``test_data``/``val_data`` are ``(x, y)`` with clean labels.
+    model has memorized (classification: with its chance level, :func:`classification_memorization`).
+    ``test_data``/``val_data`` are ``(x, y)``; the test labels are clean.
+
+    Classification records also hold, per evaluation, the NLL (``*_loss``) and calibration error
+    (``*_ece``); in ``final``, the summaries of :func:`_trajectory_summary` (best epoch, validation
+    early stopping, mean of the last evaluations); and ``test_predictions``, the final model's
+    predicted class per test example (:func:`decode_predictions`). SAM-type runs on one process
+    without AMP or m-sharpness log, per epoch, the mean over steps of the achieved minibatch ascent
+    ``ascent`` = L_B(w+eps) - L_B(w), its first-order part ``ascent_linear`` = g_B . eps, and
+    ``eps_dim`` = (sum eps_i^2)^2 / (D sum eps_i^4), the participation ratio of eps over its D coordinates
+    (1: spread evenly; 1/D: a single coordinate).
     ``on_epoch(epoch, row, model)`` is called after each epoch's evaluation. The record (without
     the model) is written atomically to ``record_path`` as JSON if given.
     """
@@ -308,6 +378,7 @@ def train(config: TrainConfig, train_data: tuple, test_data: tuple | None = None
         return F.cross_entropy(out, target, label_smoothing=config.label_smoothing)
 
     history = []
+    test_predictions = None
     bar = None
     if progress and rank == 0:
         from tqdm.auto import tqdm
@@ -317,6 +388,7 @@ def train(config: TrainConfig, train_data: tuple, test_data: tuple | None = None
             model.train()
             t0 = time.perf_counter()
             loss_sum = torch.zeros((), device=device)
+            ascent = torch.zeros(4, device=device, dtype=torch.float64)  # sums of the step's ascent terms, steps
             correct = torch.zeros((), device=device, dtype=torch.long)
             seen = 0
             for step, (xb, yb) in enumerate(batches):
@@ -341,6 +413,8 @@ def train(config: TrainConfig, train_data: tuple, test_data: tuple | None = None
                 elif amp_dtype is not None:
                     loss, out, _ = amp_sam_step(net, opt, loss_fn, xb, yb, scaler=scaler, dtype=amp_dtype,
                                                 mode=config.perturbation)
+                elif world_size == 1:  # single process: the same step as sam_step, and what it achieved
+                    loss, out = _sam_step_with_ascent(model, opt, loss_fn, xb, yb, ascent)
                 else:
                     loss, out = sam_step(net, opt, loss_fn, xb, yb, mode=config.perturbation)
                 sched.step()
@@ -355,14 +429,23 @@ def train(config: TrainConfig, train_data: tuple, test_data: tuple | None = None
                    "train_loss": float(loss_sum) / seen}
             if config.task == "classification":
                 row["train_acc"] = int(correct) / seen
+            if int(ascent[3]):
+                row.update(zip(("ascent", "ascent_linear", "eps_dim"), (ascent[:3] / ascent[3]).tolist()))
             evaluating = (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs
-            if clean is not None and evaluating:
-                row.update(_memorization(model, x, y, clean, device) if config.task == "classification" else
-                           _segmentation_memorization(model, x, y, clean, device, num_classes))
+            scores = {}
             for name, data in (("val", val_data), ("test", test_data)):
                 if data is not None and evaluating:
-                    scores = evaluate(model, data[0], data[1], config.task, device=device, num_classes=num_classes)
-                    row.update({f"{name}_{k}": v for k, v in scores.items()})
+                    scores[name] = evaluate(model, data[0], data[1], config.task, device=device, num_classes=num_classes,
+                                            predictions=config.task == "classification" and name == "test")
+                    row.update({f"{name}_{k}": v for k, v in scores[name].items() if k != "predictions"})
+            if clean is not None and evaluating:
+                if config.task == "classification":
+                    reference = (test_data[1], scores["test"]["predictions"]) if "test" in scores else None
+                    row.update(classification_memorization(_predict(model, x, device), y, clean, num_classes, reference))
+                else:
+                    row.update(_segmentation_memorization(model, x, y, clean, device, num_classes))
+            if "test" in scores and epoch + 1 == config.epochs and config.task == "classification":
+                test_predictions = encode_predictions(scores["test"]["predictions"], num_classes)
             history.append(row)
             if not all(math.isfinite(v) for v in row.values() if isinstance(v, float)):
                 raise FloatingPointError(f"{config.method} diverged at epoch {epoch + 1} (non-finite metrics: {row}). "
@@ -376,8 +459,12 @@ def train(config: TrainConfig, train_data: tuple, test_data: tuple | None = None
             bar.close()
     if config.sharpness_examples:
         history[-1]["top_hessian_eig"] = final_sharpness(model, x, y, config.sharpness_examples, device)
+    if config.task == "classification":
+        history[-1].update(_trajectory_summary(history))
     record = {"config": dataclasses.asdict(config), "history": history, "final": history[-1],
               "environment": environment_info(device), **(extra_record or {})}
+    if test_predictions is not None:
+        record["test_predictions"] = test_predictions
     if record_path is not None and rank == 0:
         write_json_atomic(Path(record_path), record)
     record["model"] = model
@@ -398,17 +485,100 @@ def final_sharpness(model: nn.Module, x, y, examples: int, device, iters: int = 
     return eig
 
 
+TAIL_EVALUATIONS = 3  # ``val_acc_tail``: validation accuracy averaged over this many last evaluations
+
+
+def _trajectory_summary(history: list[dict]) -> dict:
+    """Classification summaries of a run's evaluations, stored in its final row:
+
+    * ``val_acc_tail``: mean validation accuracy over the last ``TAIL_EVALUATIONS`` evaluations
+      (less noisy than the last one alone; the course selects hyperparameters on it);
+    * ``test_acc_best``, ``epoch_test_best``: the best test accuracy over the evaluations and its
+      epoch (an *oracle*: it looks at the test set, so it only shows how much early stopping could give);
+    * ``test_acc_val_best``, ``epoch_val_best``: test accuracy at the evaluation with the best
+      validation accuracy (validation early stopping; the first such epoch on ties).
+    """
+    out = {}
+    val = [h for h in history if "val_acc" in h]
+    test = [h for h in history if "test_acc" in h]
+    if val:
+        out["val_acc_tail"] = sum(h["val_acc"] for h in val[-TAIL_EVALUATIONS:]) / len(val[-TAIL_EVALUATIONS:])
+    if test:
+        best = max(test, key=lambda h: h["test_acc"])
+        out.update(test_acc_best=best["test_acc"], epoch_test_best=best["epoch"])
+    both = [h for h in history if "val_acc" in h and "test_acc" in h]
+    if both:
+        best = max(both, key=lambda h: h["val_acc"])
+        out.update(test_acc_val_best=best["test_acc"], epoch_val_best=best["epoch"])
+    return out
+
+
+def _sam_step_with_ascent(model: nn.Module, opt, loss_fn, x, y, ascent: torch.Tensor):
+    """One SAM step on one process, exactly as :func:`samlib.distributed.sam_step` takes it, that also
+    adds to ``ascent`` (no host sync) what the perturbation achieved on this minibatch:
+    ``[L_B(w+eps) - L_B(w), g_B . eps, (sum eps^2)^2 / (D sum eps^4), 1]``.
+    """
+    out = model(x)
+    loss = loss_fn(out, y)
+    loss.backward()
+    params = [p for group in opt.param_groups for p in group["params"] if p.grad is not None]
+    w = [p.detach().clone() for p in params]
+    opt.first_step(zero_grad=False)                       # p.grad still holds g_B; p now holds w + eps
+    eps = torch._foreach_sub([p.detach() for p in params], w)
+    linear = sum(torch.dot(p.grad.flatten().double(), e.flatten().double()) for p, e in zip(params, eps))
+    sq = sum(e.double().square().sum() for e in eps)
+    quartic = sum(e.double().square().square().sum() for e in eps)
+    dim = sum(e.numel() for e in eps)
+    opt.zero_grad()
+    with frozen_bn_stats(model):
+        perturbed_loss = loss_fn(model(x), y)
+        perturbed_loss.backward()
+    opt.second_step(zero_grad=True)
+    spread = torch.where(quartic > 0, sq * sq / (dim * quartic.clamp_min(1e-300)), torch.zeros_like(sq))
+    ascent += torch.stack([(perturbed_loss.detach() - loss.detach()).double(), linear, spread, torch.ones_like(sq)])
+    return loss.detach(), out.detach()
+
+
 @torch.no_grad()
-def _memorization(model, x, noisy, clean, device, batch_size=1024) -> dict:
-    """Accuracy on the clean and on the noisy training labels, and the memorized fraction of flips."""
+def _predict(model, x, device, batch_size=1024) -> torch.Tensor:
+    """Predicted classes of ``x`` in eval mode (CPU tensor)."""
+    was_training = model.training
     model.eval()
     preds = torch.cat([model(to_float(x[i:i + batch_size].to(device))).argmax(1).cpu()
                        for i in range(0, len(x), batch_size)])
-    model.train()
-    noisy, clean = noisy.cpu(), clean.cpu()
+    model.train(was_training)
+    return preds
+
+
+def classification_memorization(pred: torch.Tensor, noisy: torch.Tensor, clean: torch.Tensor, num_classes: int,
+                                reference: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
+    r"""Accuracy on the clean and on the noisy training labels, the memorized fraction of flipped
+    labels, and that fraction's chance level.
+
+    ``memorized`` is the fraction of flipped training examples predicted with their *noisy* label.
+    A network that fits none of the flips individually still hits some by chance: it treats a
+    flipped image like an image it never trained on. ``memorized_chance`` is the expected hit
+    rate of such a network, :math:`rac1{|F|}\sum_{i\in F} R[c_i, 	ilde y_i]`, where :math:`F` are
+    the flipped examples, :math:`c_i` the clean and :math:`	ilde y_i` the noisy label, and
+    :math:`R[c, k]` the rate at which the network predicts class :math:`k` on held-out images of
+    class :math:`c`: from ``reference = (labels, predictions)`` of a clean held-out set (the test
+    set in :func:`train`), else from the training examples whose labels were not flipped. Under
+    symmetric noise it is about :math:`(1-a)/(K-1)` at held-out accuracy :math:`a`; under pair-flip
+    noise it is the held-out rate of the flip's confusion. ``memorized_excess`` = ``memorized`` -
+    ``memorized_chance``.
+    """
+    pred, noisy, clean = pred.cpu().flatten(), noisy.cpu().flatten(), clean.cpu().flatten()
     flipped = noisy != clean
-    out = {"train_clean_acc": float((preds == clean).float().mean()),
-           "train_noisy_acc": float((preds == noisy).float().mean())}
-    if flipped.any():
-        out["memorized"] = float((preds[flipped] == noisy[flipped]).float().mean())
+    out = {"train_clean_acc": float((pred == clean).float().mean()),
+           "train_noisy_acc": float((pred == noisy).float().mean())}
+    if not flipped.any():
+        return out
+    ref_labels, ref_pred = (reference if reference is not None else (clean[~flipped], pred[~flipped]))
+    ref_labels, ref_pred = ref_labels.cpu().flatten(), ref_pred.cpu().flatten()
+    k = num_classes
+    counts = torch.bincount(ref_labels * k + ref_pred, minlength=k * k).view(k, k).double()
+    rates = counts / counts.sum(1, keepdim=True).clamp_min(1)
+    out["memorized"] = float((pred[flipped] == noisy[flipped]).float().mean())
+    out["memorized_chance"] = float(rates[clean[flipped], noisy[flipped]].mean())
+    out["memorized_excess"] = out["memorized"] - out["memorized_chance"]
     return out

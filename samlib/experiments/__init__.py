@@ -33,7 +33,7 @@ _EXPORTS = {
     "runner": ["run_grid", "run_data", "load_model"],
     "stats": ["load_records", "mean_std", "selected_records", "mean_curve", "paired_differences", "T975"],
     "report": ["summarize", "format_table", "format_paired", "format_summary", "plot_summary"],
-    "catalog": ["demo_grid", "classification_grid", "segmentation_grid", "COURSE_GRIDS", "cifar_preset", "PRESETS",
+    "catalog": ["demo_grid", "classification_grid", "classification_grids", "segmentation_grid", "COURSE_GRIDS", "cifar_preset", "PRESETS",
                 "COURSE_RESULTS"],
     "__main__": ["main"],
 }

@@ -132,6 +132,8 @@ def _dispatch(args, parser):
         grid = demo_grid()
     elif args.command == "course":
         grid = COURSE_GRIDS[args.name]()
+        if isinstance(grid, dict):  # an experiment in several arms: one folder each, DIR/<arm>
+            return {arm: _run(g, Path(args.out) / arm, shard) for arm, g in grid.items()}
     elif args.command == "run":
         grid = Grid.from_dict(json.loads(Path(args.config).read_text(encoding="utf-8")))
     elif args.command == "preset":
@@ -156,15 +158,19 @@ def _dispatch(args, parser):
                                device=args.device, perturbation=args.perturbation, m_sharpness=args.m_sharpness,
                                amp=args.amp),
                     methods=methods, noise_rates=args.noise, seeds=args.seeds)
+    return _run(grid, args.out, shard)
+
+
+def _run(grid: Grid, out, shard: tuple[int, int]) -> dict:
     say = print if is_rank_zero() else (lambda *a: None)
-    say(f"grid {grid.name!r}: {len(list(grid.runs()))} runs -> {args.out} ({world()[1]} process(es))")
-    summary = run_grid(grid, args.out, log=say, shard=shard)
+    say(f"grid {grid.name!r}: {len(list(grid.runs()))} runs -> {out} ({world()[1]} process(es))")
+    summary = run_grid(grid, out, log=say, shard=shard)
     if not is_rank_zero():
         return summary
     print()
     print(format_summary(summary))
-    path = plot_summary(args.out, "test_garment_miou" if summary["selection_metric"] == "val_garment_miou" else "test_acc")
-    print(f"figure: {path}\nrecords: {Path(args.out) / 'records'}")
+    path = plot_summary(out, "test_garment_miou" if summary["selection_metric"] == "val_garment_miou" else "test_acc")
+    print(f"figure: {path}\nrecords: {Path(out) / 'records'}")
     return summary
 
 
