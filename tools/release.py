@@ -13,6 +13,7 @@ solutions, Otter-Grader's autograder zip (public and hidden tests) and ``rubric.
 Grade submissions locally (Otter-Grader's ``otter run``: no Docker, nothing downloaded)::
 
     python tools/release.py grade --grading ../presam-grading --chapter 03 alice.ipynb bob.ipynb --csv scores.csv
+    python tools/release.py grade --grading ../presam-grading --chapter 02 --questions ex1_code,ex3_code *.ipynb  # a subset
 
 Convert a chapter's solutions notebook into an Otter "assign" master notebook::
 
@@ -36,6 +37,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import zipfile
 
 import nbformat
 import yaml
@@ -483,11 +485,14 @@ One folder per chapter:
 Grade submissions (students' `chapters/exercises/NN_*_exercises.ipynb`) on this machine, without
 Docker and without network, from the course repository:
 
-    python tools/release.py grade --grading THIS_FOLDER --chapter 03 submissions/*.ipynb --csv scores.csv
+    SAMLIB_MODE=quick python tools/release.py grade --grading THIS_FOLDER --chapter 03 submissions/*.ipynb --csv scores.csv
 
-This runs `otter run` on each notebook (it executes the student's code: do it in an environment you
-are willing to run their code in) and writes one row per submission with each question's score.
-Manually graded questions appear in `rubric.md` only.
+`--questions ex1_code,ex3_code` counts only those questions (a homework made of some of the
+chapter's exercises). This runs `otter run` on each notebook (it executes the student's code: do it
+in an environment you are willing to run their code in) and writes one row per submission with each
+question's score. It executes the whole notebook, experiments included: `SAMLIB_MODE=quick` (as the
+course's tests grade) keeps that to seconds per notebook; read the measurements of the hand-graded
+questions in the submitted notebook itself. Manually graded questions appear in `rubric.md` only.
 """
 
 
@@ -565,9 +570,11 @@ def build(out: pathlib.Path, grading: pathlib.Path, source: str = "HEAD", commit
 
 # ---- grade ----------------------------------------------------------------------------------------
 
-def grade(grading: pathlib.Path, chapter: str, submissions: list[pathlib.Path]) -> list[dict]:
+def grade(grading: pathlib.Path, chapter: str, submissions: list[pathlib.Path],
+          questions: list[str] | None = None) -> list[dict]:
     """Score each submission with the chapter's autograder (``otter run``); one dict per submission:
-    file, total, possible and each autograded question's score."""
+    file, total, possible and each autograded question's score. With ``questions`` (names such as
+    ``ex1_code``: a homework that uses some of the chapter's exercises) only those count."""
     from otter.run import main as otter_run
 
     folders = sorted(grading.glob(f"{chapter}_*"))
@@ -575,6 +582,12 @@ def grade(grading: pathlib.Path, chapter: str, submissions: list[pathlib.Path]) 
     if len(zips) != 1:
         raise ReleaseError(f"no single autograder for chapter {chapter} in {grading} (found {zips}); "
                            "was the chapter converted?")
+    if questions is not None:
+        with zipfile.ZipFile(zips[0]) as z:
+            known = {pathlib.PurePosixPath(n).stem for n in z.namelist() if re.fullmatch(r"tests/[^/]+\.py", n)}
+        if not questions or set(questions) - known:
+            raise ReleaseError(f"chapter {chapter} has no autograded questions {sorted(set(questions) - known)} "
+                               f"(it has {sorted(known)}; the hand-graded ones are in rubric.md)")
     rows = []
     for sub in submissions:
         with tempfile.TemporaryDirectory() as tmp, _quiet():
@@ -582,8 +595,10 @@ def grade(grading: pathlib.Path, chapter: str, submissions: list[pathlib.Path]) 
             named = pathlib.Path(tmp) / f"{folders[0].name}_exercises.ipynb"
             shutil.copy(sub, named)
             results = otter_run(str(named), autograder=str(zips[0]), output_dir=None, no_logo=True)
-        row = {"file": str(sub), "total": results.total, "possible": results.possible}
-        row.update({name: r.score for name, r in results.results.items()})
+        kept = {name: r for name, r in results.results.items() if questions is None or name in questions}
+        row = {"file": str(sub), "total": sum(r.score for r in kept.values()),
+               "possible": sum(r.possible for r in kept.values())}
+        row.update({name: r.score for name, r in kept.items()})
         rows.append(row)
     return rows
 
@@ -599,6 +614,7 @@ def main(argv=None) -> int:
     g.add_argument("--grading", required=True, type=pathlib.Path)
     g.add_argument("--chapter", required=True, help="two digits, e.g. 03")
     g.add_argument("--csv", type=pathlib.Path, help="write the scores here")
+    g.add_argument("--questions", help="comma-separated autograded questions to count (default: all), e.g. ex1_code,ex3_code")
     g.add_argument("submissions", nargs="+", type=pathlib.Path)
     for name, help_ in (("check", "lint a converted solutions notebook"),
                         ("scaffold", "wrap a solutions notebook's exercises into Otter questions (in place)")):
@@ -613,7 +629,8 @@ def main(argv=None) -> int:
                   f"exercises with checks: {', '.join(summary['converted']) or 'none'}\n"
                   f"exercises without checks yet: {', '.join(summary['plain']) or 'none'}")
         elif args.command == "grade":
-            rows = grade(args.grading, args.chapter, args.submissions)
+            wanted = [q.strip() for q in args.questions.split(",") if q.strip()] if args.questions else None
+            rows = grade(args.grading, args.chapter, args.submissions, wanted)
             for row in rows:
                 print(f"{row['file']}: {row['total']:g} / {row['possible']:g}")
             if args.csv:
