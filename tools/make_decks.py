@@ -6,9 +6,12 @@
 
 The decks go to ``build/lectures/`` (``--out``): ``lecture1.ipynb``, ``lecture2.ipynb``,
 ``unit-01.ipynb`` ... and ``rise.css``. Present one offline with JupyterLab and ``jupyterlab-rise``
-(in the dev extra): ``jupyter lab build/lectures/lecture1.ipynb``, run all cells, then Alt+R
-(View > Render as slides). RISE bundles reveal.js, and maths is rendered by JupyterLab's own
-MathJax, so nothing is fetched from the internet.
+(in the dev extra): ``jupyter lab build/lectures/lecture1.ipynb``, run all cells (the widgets need
+the live kernel), then View > Open as Reveal Slideshow (command ``RISE:slideshow``: a new browser
+tab; F11 for full screen). Alt+R (``RISE:preview``) shows the same slides in a JupyterLab panel.
+RISE bundles reveal.js and the ``white`` theme's font, and maths is rendered by JupyterLab's own
+MathJax, so nothing is fetched from the internet (checked in Chromium with every non-local request
+blocked: none was attempted). Slides are laid out at 1280x720 and scaled to the screen.
 
 Where a deck's cells come from. A chapter cell belongs to lecture N of the two-lecture module when
 it carries the tag ``lecture-N``; its ``metadata.slideshow.slide_type`` (slide, subslide,
@@ -56,39 +59,60 @@ MAX_CODE_WIDTH = 80
 SLIDE_TYPES = ("slide", "subslide", "fragment", "-", "skip", "notes")
 HIDE_INPUT_TAG = "deck-hide-input"
 
-#: RISE settings stored in each deck (``metadata.rise``): reveal.js at the window's size, slides that
-#: scroll when a long cell does not fit, slide numbers, no transition (projectors smear them).
-RISE = {"scroll": True, "width": "100%", "height": "100%", "theme": "simple", "transition": "none",
-        "slideNumber": "c/t", "start_slideshow_at": "beginning", "auto_select": "none",
-        "enable_chalkboard": True, "controls": True, "progress": True, "center": False}
+#: RISE settings stored in each deck (``metadata.rise``). Slides are laid out at 1280x720 CSS px and
+#: reveal.js scales the whole slide (text, maths and figures alike) to the projector: x1.5 at
+#: 1920x1080, so every text keeps its share of the slide height (``margin`` 0: no shrinking at
+#: 1280x720; a smaller window, such as the Alt+R preview panel, shrinks the slide instead of cutting it). Slides scroll when a long cell does not fit; slide numbers; no transition (projectors
+#: smear them). The theme is ``white``: its font (Source Sans Pro) is bundled with RISE, while
+#: ``simple`` (RISE's default), ``sky``, ``beige``, ``night``, ``moon``, ``solarized``, ``blood`` and
+#: ``league`` fetch Google Fonts (seen as blocked requests when presented offline).
+SLIDE_SIZE = (1280, 720)
+OFFLINE_THEMES = ("white", "black", "serif", "dracula")
+RISE = {"scroll": True, "width": SLIDE_SIZE[0], "height": SLIDE_SIZE[1], "margin": 0, "minScale": 0.2,
+        "theme": "white", "transition": "none", "slideNumber": "c/t", "start_slideshow_at": "beginning",
+        "auto_select": "none", "enable_chalkboard": True, "controls": True, "progress": True, "center": False}
 
 RISE_CSS = """\
 /* Lecture decks (tools/make_decks.py): projector-friendly RISE, 1280x720 and up. */
+/* The slide keeps its 1280x720 layout and reveal.js scales it to the screen (RISE's own CSS forces a
+   full-width slide, which reveal.js then scales off-centre: at 1920x1080 the left third was cut off). */
+.rise-enabled .reveal div.slides { width: SLIDE_Wpx !important; height: SLIDE_Hpx !important; }
+/* RISE makes a slide taller than the screen scroll by giving it 95vh, in screen px; in the scaled
+   slide that is too tall (1026 px of 720 at 1920x1080: the bottom was cut off, not scrollable). */
+.rise-enabled .reveal div.slides section[style*="overflow-y: scroll"] { max-height: SLIDE_SCROLLpx !important; }
 /* Code cells whose input the deck hides: no placeholder bar, only the output. */
 .reveal .jp-Cell .jp-InputPlaceholder,
 .reveal .jp-Cell.jp-mod-noInput .jp-InputArea { display: none !important; }
 /* No prompt column ("[3]:"): it costs width on a projector. */
 .reveal .jp-InputPrompt, .reveal .jp-OutputPrompt { display: none !important; }
-/* Body text and maths large enough to read from the back of the room. */
+/* Sizes in px of the 1280x720 slide (reveal.js scales them to the screen): body text and maths
+   22 px = 3.1 % of the slide height, readable from the back of the room; printed results 19 px,
+   wrapped instead of cut at the right edge. */
 .reveal .jp-RenderedMarkdown { font-size: 22px; line-height: 1.4; }
 .reveal .jp-RenderedMarkdown h2 { font-size: 34px; }
 .reveal .jp-RenderedMarkdown h3 { font-size: 28px; }
-.reveal .jp-OutputArea-output pre { font-size: 17px; line-height: 1.3; }
-.reveal .jp-CodeMirrorEditor .cm-content { font-size: 17px; }
+.reveal .jp-OutputArea-output pre { font-size: 19px; line-height: 1.3; white-space: pre-wrap; }
+.reveal .jp-CodeMirrorEditor .cm-content { font-size: 19px; }
+/* Headings as written (the white theme capitalizes them, which garbles notation such as L or rho). */
+.reveal h1, .reveal h2, .reveal h3 { text-transform: none !important; }
 /* Figures use the full slide width they were drawn for, never more. */
 .reveal .jp-RenderedImage img { max-width: 100%; height: auto; }
-"""
+""".replace("SLIDE_W", str(SLIDE_SIZE[0])).replace("SLIDE_H", str(SLIDE_SIZE[1])).replace(
+    "SLIDE_SCROLL", str(round(0.95 * SLIDE_SIZE[1])))
 
-PROJECTOR_CELL = '''\
-# Deck setup (hidden): the projector style for every figure.
-# HOOK (issue 15): the projector style lives in samlib.plotting (the "widgets" branch). Until that is on
-# main, the import fails and figures keep matplotlib's defaults; after it, this cell switches them on.
-try:
-    from samlib import plotting
-except ImportError:
-    plotting = None
-if plotting is not None:
-    plotting.style("projector")
+#: The resolution of the chapters' figures in a deck. The projector style draws 14 pt text at
+#: 100 dpi (19.4 px, 2.7 % of a 720-px slide); at 115 dpi it is 22.4 px (3.1 %), the size of the body
+#: text, and an 8-inch figure is 920 px wide, which fits the 1280-px slide unshrunk. (The widgets
+#: draw their figures in the style's own 100 dpi.)
+DECK_DPI = 115
+
+PROJECTOR_CELL = f'''\
+# Deck setup (hidden): every figure from here on in the projector style of samlib.plotting
+# (14 pt text, 8-inch-wide figures, thicker lines, colour-blind-safe colours), at {DECK_DPI} dpi.
+import matplotlib
+from samlib import plotting
+plotting.style("projector")
+matplotlib.rcParams["figure.dpi"] = {DECK_DPI}
 '''
 
 
@@ -102,7 +126,11 @@ class Lecture:
     plan: list[tuple[str, str]]    # (minutes, what) for the speaker notes
     homework: list[str]            # markdown items
     after: str                     # markdown: what students read or run after the lecture
-    extra: dict = field(default_factory=dict)   # chapter stem -> function returning generated cells to append
+    #: chapter stem -> function(deck cells of that chapter) -> deck cells: adds generated slides
+    #: (the bridge figure, a placeholder); it runs also when the chapter has no tagged cell (empty list)
+    extra: dict = field(default_factory=dict)
+    #: chapters that may have no cell tagged for the lecture yet (their ``extra`` then stands in)
+    optional: tuple = ()
 
     @property
     def tag(self) -> str:
@@ -120,15 +148,18 @@ def _bridge_cells() -> list[dict]:
     s = record["settings"]
     text = (
         "## Bridge: a minibatch adversary points elsewhere (chapter 05)\n\n"
-        "SAM's perturbation is built from a **minibatch** gradient $g_B = g + \\xi$, not from the full-data gradient $g$. "
-        "How well does $\\epsilon_{\\text{batch}} = \\rho\\,g_B/\\|g_B\\|$ align with the full-data adversary "
-        "$\\epsilon_{\\text{full}} = \\rho\\,g/\\|g\\|$? Measured on chapter 05's network "
-        f"(small CNN, {s['n_train']:,} Fashion-MNIST images, fixed weights, $\\rho = {s['rho']}$) **[ours]**: "
-        "the alignment grows with the batch size and falls with label noise. "
-        "This is what the paper's abstract calls adversarial model degradation **[paper]**; "
-        "chapter 06 asks which preconditioner makes the best adversary under this noise.\n\n"
-        f"*Precomputed* (not run live): `{record['command']}`, "
-        f"{record['settings']['n_batches']} minibatches per point, mean ± standard error.")
+        "SAM perturbs along a **minibatch** gradient $g_B = g + \\xi$. How well does "
+        "$\\epsilon_{\\text{batch}} = \\rho\\,g_B/\\|g_B\\|$ align with the full-data adversary "
+        "$\\epsilon_{\\text{full}} = \\rho\\,g/\\|g\\|$? Chapter 05's network, at fixed weights **[ours]**:")
+    reading = (
+        "**Reading it.** The alignment is far from 1 at common batch sizes and grows with $B$; label noise lowers "
+        "it clearly only at large batches (at $B \\le 64$ the three rates lie within one or two standard errors). "
+        "The paper's abstract names an \"adversarial model degradation\" issue that infoSAM addresses **[paper]**; "
+        "reading it as this misalignment is the course's interpretation **[ours]**. Chapter 06 asks which "
+        "preconditioner makes the best adversary under this noise.\n\n"
+        f"<small>Precomputed, not run live: `{record['command']}` (small CNN, {s['n_train']:,} Fashion-MNIST "
+        f"images, $\\rho = {s['rho']}$, eval-mode BatchNorm, {s['n_batches']} minibatches per point, mean ± standard "
+        "error).</small>")
     code = (
         "# Precomputed by tools/lectures/bridge_alignment.py (its command is on the slide).\n"
         "import matplotlib.pyplot as plt\n\n"
@@ -141,10 +172,32 @@ def _bridge_cells() -> list[dict]:
         "ax.set_xscale('log', base=2)\n"
         "ax.set(xlabel='batch size $B$', ylabel=r'$\\cos(\\epsilon_{batch}, \\epsilon_{full})$', ylim=(0, 1),\n"
         "       title=\"SAM's minibatch adversary vs the full-data one\")\n"
-        "ax.legend(loc='lower right')\n"
+        "ax.legend(loc='upper left')  # the data sit low on the left, high on the right\n"
         "ax.grid(alpha=0.3)\n"
         "plt.show()\n")
-    return [_md(text, "slide"), _code(code, "-", hide=True)]
+    return [_md(text, "slide"), _code(code, "-", hide=True), _md(reading, "fragment")]
+
+
+def _after_first_slide(cells: list, new: list) -> list:
+    """``new`` inserted after the first shown slide of ``cells`` (and its fragments), else appended."""
+    shown = [k for k, c in enumerate(cells) if slide_type(c) == "slide"]
+    if not shown:
+        return cells + new
+    k = shown[0] + 1
+    while k < len(cells) and slide_type(cells[k]) in ("fragment", "-", "notes"):
+        k += 1
+    return cells[:k] + new + cells[k:]
+
+
+def _bridge(cells: list) -> list:
+    """Chapter 05 in lecture 2: the precomputed bridge figure right after the chapter's first slide
+    (its question, when chapter 05 carries lecture-2 tags), or alone."""
+    return _after_first_slide(cells, _bridge_cells())
+
+
+def _chapter06(cells: list) -> list:
+    """Chapter 06 in lecture 2: its tagged cells, or a placeholder slide until it has some."""
+    return cells or _chapter06_pending()
 
 
 def _chapter06_pending() -> list[dict]:
@@ -187,7 +240,8 @@ MODULE = [
                "standard mode (about a minute of CPU time)."),
     ),
     Lecture(
-        number=2, title="Preconditioning and noise", chapters=["03_presam"],
+        number=2, title="Preconditioning and noise",
+        chapters=["03_presam", "05_gradient_noise", "06_infosam"], optional=("05_gradient_noise", "06_infosam"),
         sources=("Chapter 03: *Constraint preconditioning* and *Objective preconditioning* (KKT, brute-force check), "
                  "*Seeing the two families* (widget), *CP and OP differ only in the radius*, *The variants as "
                  "instances* with the ASAM, Fisher-SAM and InfoSAM checks, *One base class*. Chapter 05's alignment "
@@ -205,10 +259,11 @@ MODULE = [
                   "Chapter 03, exercise 4 *(coding)*: `RootSAM` ($P = |g|^{1/2}$) as a subclass of "
                   "`PreconditionedSAM`, checked against `presam_eps` and $\\ell_{5/3}$-SAM.",
                   "Optional, chapter 03, exercise 6 *(proof)*: $\\ell_p$-SAM is OP with $P = |g|^{q-2}$.",
-                  "Chapter 06: an exercise on the gain, to be named when chapter 06's rewrite lands."],
+                  "Chapter 06, exercise 2 *(derivation)*: $J$ for $P = 1/\\sigma^2$ and for the gain as "
+                  "$\\delta \\to 0$ on $g = (1, \\delta)$; why inverse variance fails."],
         after=("Read chapter 04's *What the theorem does not show* and chapter 05's first two sections. "
                "Run chapter 06 in standard mode for its real-data table (several minutes)."),
-        extra={"03_presam": lambda: _bridge_cells() + _chapter06_pending()},
+        extra={"05_gradient_noise": _bridge, "06_infosam": _chapter06},
     ),
 ]
 
@@ -404,14 +459,15 @@ def build_lecture(lecture: Lecture, out: Path = OUT) -> nbformat.NotebookNode:
     for stem in lecture.chapters:
         cells = _chapter(stem).cells
         selected = {i for i, c in enumerate(cells) if lecture.tag in c.metadata.get("tags", [])}
-        if not selected:
+        part = []
+        if selected:
+            keep = dependencies(cells, selected | {parameters_cell(cells)})
+            part = [_deck_cell(cells[i], stem, out, None if i in selected else "skip") for i in sorted(keep)]
+        elif stem not in lecture.optional:
             raise ValueError(f"no cell of chapters/{stem}.ipynb is tagged {lecture.tag!r}")
-        keep = dependencies(cells, selected | {parameters_cell(cells)})
-        for i in sorted(keep):
-            forced = None if i in selected else "skip"
-            nb.cells.append(_deck_cell(cells[i], stem, out, forced))
         if stem in lecture.extra:
-            nb.cells.extend(lecture.extra[stem]())
+            part = lecture.extra[stem](part)
+        nb.cells.extend(part)
     items = "\n".join(f"{k}. {h}" for k, h in enumerate(lecture.homework, 1))
     nb.cells.append(_md(f"## Homework\n\n{items}\n\n**After class.** {lecture.after}\n\n"
                         "Solutions for the instructor: `chapters/solutions/`.", "slide"))
