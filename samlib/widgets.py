@@ -167,7 +167,7 @@ def _sam2d_plot(res, fig, rho, lr):
             label="SAM's mean over its last 100 steps")
     ax.set(xlim=(float(lo[0]), float(hi[0])), ylim=(float(lo[1]), float(hi[1])), aspect="equal",
            xlabel="$w_1$", ylabel="$w_2$", title=f"GD and SAM, $\\rho$={rho:g}, $\\eta$={lr:g}, {SAM2D_STEPS} steps")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
+    fig.legend(loc="outside lower center", ncol=2, frameon=False)  # below the axes, never over the paths
 
 
 # ---- chapter 03 ----------------------------------------------------------------------------
@@ -282,7 +282,7 @@ WIDGETS = {
         "sharp_width": Slider(0.05, 0.4, 0.05, 0.15, "sharp-well width")}, "Noisy GD on a sharp and a flat well"),
     "sam2d": Widget(_sam2d_compute, _sam2d_plot, {
         "rho": Slider(0.0, 0.6, 0.05, 0.3, "rho"),
-        "lr": Slider(0.01, 0.1, 0.01, 0.05, "step size eta")}, "GD and SAM on a 2-D loss"),
+        "lr": Slider(0.01, 0.1, 0.01, 0.05, "step size eta")}, "GD and SAM on a 2-D loss", aspect=0.75),
     "presam": Widget(_presam_compute, _presam_plot, {
         "c1": Slider(0.25, 2.0, 0.25, 1.5, "C^-1 entry 1"),
         "c2": Slider(0.25, 2.0, 0.25, 0.5, "C^-1 entry 2"),
