@@ -687,9 +687,8 @@ def train_with_probe(config, train_data: tuple, probe: dict | None = None, num_c
     ``probe`` holds the probe's keyword arguments (``rho`` defaults to the method's ``rho``).
     Returns ``{"model", "probe", "train_loss"}`` (``train_loss``: mean minibatch loss per epoch).
     """
-    from .data import AUGMENTATIONS, Batches, augment_batch
     from .models import build_model
-    from .train import _lr_lambda, make_optimizer
+    from .train import _lr_lambda, make_optimizer, training_batches
     config.validate()
     if config.m_sharpness or config.amp:
         raise ValueError("train_with_probe supports plain SAM steps only: set m_sharpness=None and amp=None.")
@@ -698,12 +697,7 @@ def train_with_probe(config, train_data: tuple, probe: dict | None = None, num_c
     torch.manual_seed(config.seed)
     model = build_model(config.model, x.shape[1], num_classes, **config.model_kwargs).to(device)
     opt = make_optimizer(config, model.parameters())
-    augment = None
-    if config.augment is not None:
-        def augment(xb, spec=AUGMENTATIONS[config.augment]):
-            return augment_batch(xb, **spec)
-    batches = Batches(x, y, config.batch_size, shuffle=True, seed=config.seed, device=device, drop_last=True,
-                      augment=augment)
+    batches = training_batches(config, x, y, device)
     steps = min(len(batches), config.steps_per_epoch or len(batches))
     total = config.epochs * steps
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(config, total))

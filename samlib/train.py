@@ -314,6 +314,17 @@ def write_json_atomic(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+
+def training_batches(config: TrainConfig, x: torch.Tensor, y: torch.Tensor, device) -> "Batches":
+    """The shuffled training minibatches of ``config`` (its seed, batch size and augmentation), as
+    :func:`train` draws them; :func:`samlib.diagnostics.train_with_probe` trains on the same ones."""
+    augment = None
+    if config.augment is not None:
+        def augment(xb, spec=AUGMENTATIONS[config.augment]):
+            return augment_batch(xb, **spec)
+    return Batches(x, y, config.batch_size, shuffle=True, seed=config.seed, device=device, drop_last=True,
+                   augment=augment)
+
 def train(config: TrainConfig, train_data: tuple, test_data: tuple | None = None, val_data: tuple | None = None,
           num_classes: int = 10, in_channels: int | None = None, record_path: str | os.PathLike | None = None,
           progress: bool = True, on_epoch: Callable[[int, dict, nn.Module], None] | None = None,
@@ -358,12 +369,7 @@ def train(config: TrainConfig, train_data: tuple, test_data: tuple | None = None
         if config.batch_size % world_size:
             raise ValueError(f"batch_size={config.batch_size} must be divisible by the {world_size} processes.")
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    augment = None
-    if config.augment is not None:
-        def augment(xb, spec=AUGMENTATIONS[config.augment]):
-            return augment_batch(xb, **spec)
-    batches = Batches(x, y, config.batch_size, shuffle=True, seed=config.seed, device=device, drop_last=True,
-                      augment=augment)
+    batches = training_batches(config, x, y, device)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp)
     scaler = torch.amp.GradScaler(device.type) if config.amp == "fp16" else None
     if len(batches) == 0:

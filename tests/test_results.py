@@ -18,6 +18,16 @@ def _markdown(notebook: pathlib.Path) -> str:
     return "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
 
 
+def _assert_record_is_the_grids(r: dict, expected: dict, grid) -> None:
+    """Record ``r`` was produced by its run of ``grid`` (``expected``: run id -> config)."""
+    config = dataclasses.asdict(expected[r["run_id"]])
+    config["task"] = r["config"]["task"]
+    recorded = {k: v for k, v in r["config"].items() if k in config}
+    assert json.loads(json.dumps(config)) == recorded, r["run_id"]
+    # through the dataclass: a field added after the records were written takes its default
+    assert E.DataSpec(**r["data"]) == E.run_data(grid, r["config"]["seed"]), r["run_id"]
+
+
 @pytest.fixture(params=sorted(RESULTS))
 def results(request, monkeypatch):
     monkeypatch.setenv("SAMLIB_MODE", "standard")
@@ -31,12 +41,7 @@ def test_records_are_the_complete_standard_grid(results):
     expected = {E.run_id(rate, config): config for rate, config in grid.runs()}
     assert sorted(r["run_id"] for r in records) == sorted(expected), f"{name}: records do not match the grid"
     for r in records:
-        config = dataclasses.asdict(expected[r["run_id"]])
-        config["task"] = r["config"]["task"]
-        recorded = {k: v for k, v in r["config"].items() if k in config}
-        assert json.loads(json.dumps(config)) == recorded, r["run_id"]
-        # through the dataclass: a field added after the records were written takes its default
-        assert E.DataSpec(**r["data"]) == E.run_data(grid, r["config"]["seed"]), r["run_id"]
+        _assert_record_is_the_grids(r, expected, grid)
 
 
 def test_chapter_reports_the_tables_the_records_give(results):
@@ -139,12 +144,7 @@ def test_classification_records_are_the_complete_standard_grid(arms07):
         if records:
             assert E.Grid.from_dict(json.loads((CLASSIFICATION / arm / "grid.json").read_text(encoding="utf-8"))) == grid
         for r in records:
-            config = dataclasses.asdict(expected[r["run_id"]])
-            config["task"] = r["config"]["task"]
-            recorded = {k: v for k, v in r["config"].items() if k in config}
-            assert json.loads(json.dumps(config)) == recorded, r["run_id"]
-            # through the dataclass: a field added after the records were written takes its default
-            assert E.DataSpec(**r["data"]) == E.run_data(grid, r["config"]["seed"]), r["run_id"]
+            _assert_record_is_the_grids(r, expected, grid)
             assert r["data"]["data_seed"] == r["config"]["seed"]        # fresh split and noise for every seed
 
 
