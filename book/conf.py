@@ -58,6 +58,8 @@ nb_merge_streams = True
 # Live widgets need a kernel: no widget JavaScript from a CDN. The static figure each widget cell
 # draws is rendered; _static/book.css says where to move the sliders.
 nb_ipywidgets_js = {}
+# Markdown that a cell displays (tables with maths, e.g. chapter 07) is parsed as MyST, so its $...$ renders.
+nb_render_markdown_format = "myst"
 # A widgets.show(...) output carries the live view and a static PNG of its figure; MyST-NB would pick the
 # view (a <script> that needs a kernel) over the PNG, so drop the view: the book shows the figure.
 nb_mime_priority_overrides = [("*", "application/vnd.jupyter.widget-view+json", None)]

@@ -122,7 +122,12 @@ def test_chapter_ends_with_linked_references(path):
     cells = _load(path)["cells"]
     last = "".join(cells[-1]["source"])
     assert "## References" in last, f"{path.name}: the last cell must hold the References section"
-    entries = [ln for ln in last.split("## References", 1)[1].splitlines() if ln.startswith("- ")]
+    entries = []   # one per "- " item, its indented continuation lines joined to it
+    for ln in last.split("## References", 1)[1].splitlines():
+        if ln.startswith("- "):
+            entries.append(ln)
+        elif entries and ln.startswith(" ") and ln.strip():
+            entries[-1] += " " + ln.strip()
     assert entries, f"{path.name}: no references listed"
     for entry in entries:
         year = re.search(r"\b(19|20)\d\d\b", entry)
