@@ -7,7 +7,6 @@ order: on the same CPU the same seed gives the same numbers, and every method se
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import platform
@@ -24,6 +23,7 @@ from torch import nn
 
 from . import __version__
 from .data import AUGMENTATIONS, Batches, augment_batch, to_float
+from .experiments.stats import write_json_atomic  # torch-free; re-exported here for train()'s callers
 from .models import build_model
 from .optim import OPTIMIZERS, InverseVarianceSAM, frozen_bn_stats
 
@@ -304,14 +304,6 @@ def environment_info(device) -> dict:
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
 
-
-def write_json_atomic(path: Path, obj) -> None:
-    """Write JSON through a temporary file and a rename, so an interruption never leaves half a record."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 

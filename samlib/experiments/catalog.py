@@ -9,7 +9,7 @@ import statistics
 from dataclasses import replace
 from pathlib import Path
 
-from ..modes import mode, pick
+from ..modes import pick
 from .grid import Grid
 from .spec import DataSpec
 
