@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import base64
 import functools
+import html
 import io
 import json
 import math
+import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -771,7 +773,6 @@ def show(name: str, **values):
     static PNG of its first figure wherever no kernel runs it.
     """
     import ipywidgets as ipw
-    from IPython.display import Image, display
     w = WIDGETS[name]
     start = _values(w, values)
     style = plotting.current()  # redraws keep the style the widget was shown in
@@ -784,16 +785,24 @@ def show(name: str, **values):
             controls[k] = ipw.SelectionSlider(options=list(zip(labels, s.options)), value=start[k], **common)
         else:
             controls[k] = ipw.FloatSlider(value=start[k], min=s.low, max=s.high, step=s.step, **common)
-    out = ipw.Output()
-    box = _box_class()([ipw.HTML(f"<b>{w.title}</b>"), *controls.values(), out])
+    title = f"<b>{w.title}</b>"
+    header, figure = ipw.HTML(title), ipw.Image(format="png")
+    # An Image widget, not an Output widget that displays the PNG: nbclient (the book build, nbconvert)
+    # mimics a front end's Output widget by sending on the kernel's shell socket while it awaits the
+    # cell's reply there, and may then miss the reply until the cell timeout (jupyter/nbclient#312).
+    box = _box_class()([header, *controls.values(), figure])
 
     def redraw(change=None):
-        png = _png(name, {k: c.value for k, c in controls.items()}, style)
+        try:
+            png = _png(name, {k: c.value for k, c in controls.items()}, style)
+        except Exception:
+            # a callback's traceback goes to JupyterLab's log console, where no reader looks: show it here too
+            header.value = f"{title}<pre style='color:#b00020'>{html.escape(traceback.format_exc())}</pre>"
+            raise
+        header.value = title
         if box.static_png is None:
             box.static_png = png
-        with out:
-            out.clear_output(wait=True)
-            display(Image(data=png))
+        figure.value = png
 
     for c in controls.values():
         c.observe(redraw, names="value")

@@ -2,9 +2,12 @@
 
 * Widgets: one JupyterLab server for the module (a free local port, a token, a scratch copy of
   ``chapters/`` so nothing is saved into the checkout). Every notebook whose code calls
-  ``widgets.show(...)`` is found from the sources; for each, the test runs all cells in quick mode,
-  asserts no cell failed, then finds every widget on the page and every slider (or drop-down) of
-  each, moves it, and asserts the widget's figure changed (its rendered image before and after).
+  ``widgets.show(...)`` is found from the sources; for each, the test runs in quick mode the cells a
+  widget needs (the code cells up to the one importing ``samlib.widgets``, then each
+  ``widgets.show`` cell: nbval already runs every cell, and running them all again here made this file
+  the suite's longest), asserts none failed, then finds every widget on the page and every slider
+  (or drop-down) of each, moves it, and asserts the widget's figure changed (its rendered image
+  before and after).
 * Book: ``sphinx-build -c book . OUT`` in quick mode (once for the module, in the background while
   the widget tests run), then every page is opened with all non-local requests blocked: it loads,
   its figures decode, its maths is typeset by the bundled MathJax (no raw ``$...$`` left), and it
@@ -165,6 +168,9 @@ def _env(**extra):
 
 # ---- the book: built once, in the background, while the widget tests run --------------------------
 
+EXECUTED = re.compile(r"^(\S+\.ipynb): Executed notebook in ([\d.]+) seconds", re.M)
+
+
 class _BookBuild:
     def __init__(self, folder: pathlib.Path):
         self.out = folder / "html"
@@ -172,7 +178,7 @@ class _BookBuild:
         self.started = time.time()
         # "force": execute every notebook in quick mode (no cache database, so two processes can
         # read in parallel: they share the two cores with the widget tests, which run meanwhile).
-        cmd = [sys.executable, "-m", "sphinx", "-q", "-j", "2", "-c", str(ROOT / "book"),
+        cmd = [sys.executable, "-m", "sphinx", "-j", "2", "-c", str(ROOT / "book"),   # not -q: the log times each notebook
                "-D", "nb_execution_mode=force", str(ROOT), str(self.out)]
         with open(self.log, "w", encoding="utf-8") as fh:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=fh, stderr=subprocess.STDOUT)
@@ -215,7 +221,11 @@ def book_build(tmp_path_factory, browser):
 def book(book_build, pytestconfig):
     build = book_build.wait()
     if getattr(build, "seconds", None):
-        _say(pytestconfig, f"book built (quick mode) in {build.seconds:.0f} s into {build.out}")
+        executed = sorted(((float(t), name) for name, t in EXECUTED.findall(build.log.read_text(encoding="utf-8", errors="replace"))),
+                          reverse=True)
+        slowest = ", ".join(f"{pathlib.Path(name).stem} {t:.0f} s" for t, name in executed[:3])
+        _say(pytestconfig, f"book built (quick mode) in {build.seconds:.0f} s into {build.out}; {len(executed)} notebooks "
+                           f"executed in {sum(t for t, _ in executed):.0f} s (slowest: {slowest})")
     server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_QuietHandler, directory=str(build.out)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -270,7 +280,7 @@ _PANEL = """path => {
   return null;
 }"""
 
-_RUN_ALL = """async ([path, seconds]) => {
+_RUN_CELLS = """async ([path, indices, seconds]) => {
   const app = window.jupyterapp;
   const panel = [...app.shell.widgets('main')].find(w => w.context && w.context.path === path);
   const timeout = new Promise(r => setTimeout(() => r('timeout'), seconds * 1000));
@@ -278,22 +288,36 @@ _RUN_ALL = """async ([path, seconds]) => {
     await panel.context.ready;
     await panel.sessionContext.ready;
     app.shell.activateById(panel.id);
-    await app.commands.execute('notebook:run-all-cells');
+    for (const i of indices) {         // as a reader would: select the cell, Shift+Enter without advancing
+      panel.content.activeCellIndex = i;
+      panel.content.deselectAll();
+      await app.commands.execute('notebook:run-cell');
+    }
     const kernel = () => panel.sessionContext.session && panel.sessionContext.session.kernel;
     while (!(kernel() && kernel().status === 'idle')) await new Promise(r => setTimeout(r, 250));
     return 'done';
   })();
   const how = await Promise.race([run, timeout]);
   const kernel = panel.sessionContext.session && panel.sessionContext.session.kernel;
-  const cells = [];
-  for (const cell of panel.content.model.cells) {
-    if (cell.type !== 'code') continue;
-    cells.push({count: cell.executionCount, source: cell.sharedModel.getSource().slice(0, 80),
-                errors: cell.outputs.toJSON().filter(o => o.output_type === 'error')
-                                      .map(o => o.ename + ': ' + o.evalue)});
-  }
-  return {how, status: kernel ? kernel.status : 'none', cells};
+  const cells = [...panel.content.model.cells].map((cell, i) => cell.type !== 'code' ? null :
+      {index: i, count: cell.executionCount, source: cell.sharedModel.getSource().slice(0, 80),
+       errors: cell.outputs.toJSON().filter(o => o.output_type === 'error').map(o => o.ename + ': ' + o.evalue)});
+  return {how, status: kernel ? kernel.status : 'none', cells: cells.filter(c => c)};
 }"""
+
+IMPORTS_WIDGETS = re.compile(r"^\s*(from samlib import [^\n]*\bwidgets\b|import samlib\.widgets)", re.M)
+
+
+def _widget_cells(path):
+    """Indices (among all cells) of the cells a widget needs: every code cell up to the one that imports
+    ``samlib.widgets``, then each cell calling ``widgets.show``."""
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    code = [(i, "".join(c["source"])) for i, c in enumerate(cells) if c["cell_type"] == "code"]
+    first = next((k for k, (_, src) in enumerate(code) if IMPORTS_WIDGETS.search(src)), None)
+    assert first is not None, f"{path.name}: no code cell imports samlib.widgets before calling widgets.show"
+    setup = [i for i, _ in code[:first + 1]]
+    return setup + [i for i, src in code[first + 1:] if SHOW.search(src)]
+
 
 _FIND_WIDGETS = """() => {
   // A course widget: a top-level widget box with controls (sliders, drop-downs) and a figure.
@@ -312,7 +336,7 @@ _FIND_WIDGETS = """() => {
 
 _FIGURE = """box => {
   const img = box.querySelector('img');
-  const text = [...box.querySelectorAll('.widget-output')].map(o => o.innerText).join('\\n');
+  const text = box.innerText;      // a failed redraw shows its traceback under the widget's title
   return {src: img && img.complete && img.naturalWidth > 0 ? img.src : null,
           traceback: /Traceback|\\w+Error\\b/.test(text) ? text.slice(0, 2000) : null};
 }"""
@@ -379,12 +403,13 @@ def test_widgets_respond_in_jupyterlab(path, browser, lab, shots):
         # A fresh workspace per notebook (?reset): JupyterLab reopens nothing from the last test.
         page.goto(f"{base}/lab/workspaces/{secrets.token_hex(4)}/tree/{rel}?reset&token={token}")
         page.wait_for_function(_PANEL, arg=rel, timeout=120_000)
-        result = page.evaluate(_RUN_ALL, [rel, 600])
-        assert result["how"] == "done", f"{rel}: running all cells took more than 600 s (kernel {result['status']})"
+        wanted = _widget_cells(path)
+        result = page.evaluate(_RUN_CELLS, [rel, wanted, 600])
+        assert result["how"] == "done", f"{rel}: running the widgets' cells took more than 600 s (kernel {result['status']})"
         errors = [c for c in result["cells"] if c["errors"]]
         assert not errors, f"{rel}: cells failed: {errors}"
-        not_run = [c["source"] for c in result["cells"] if c["count"] is None]
-        assert not not_run, f"{rel}: cells did not run: {not_run}"
+        ran = {c["index"] for c in result["cells"] if c["count"] is not None}
+        assert ran == set(wanted), f"{rel}: cells {sorted(wanted)} should have run, these did: {sorted(ran)}"
         assert result["status"] == "idle", f"{rel}: kernel {result['status']}"
 
         page.wait_for_selector(".widget-box img", state="attached", timeout=120_000)
