@@ -83,7 +83,8 @@ def test_a_kernel_shows_one_figure_and_html_falls_back_to_the_png(tmp_path):
     figures = [s for s in state.values() if s["model_name"] == "ImageModel"]
     assert len(figures) == 1
     (buffer,) = [b for b in figures[0].get("buffers", []) if b["path"] == ["value"]]
-    redrawn = base64.b64decode(buffer["data"]) if buffer.get("encoding") == "base64" else buffer["data"].encode()
+    assert buffer["encoding"] == "base64"                                      # how nbclient saves binary state
+    redrawn = base64.b64decode(buffer["data"])
     assert redrawn[:8] == b"\x89PNG\r\n\x1a\n"
     assert redrawn != base64.b64decode(outs[0]["data"]["image/png"])           # redrawn at batch 1024
 
